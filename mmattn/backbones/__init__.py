@@ -1,0 +1,10 @@
+"""Registry-free backbone classes, one module per family.
+
+``BACKBONES`` maps the registry name of every backbone to its class; the adapters
+(``mmattn.cls``, ``mmattn.det``, ``mmattn.seg``) register them all.
+"""
+from typing import Dict
+
+BACKBONES: Dict[str, type] = {}
+
+__all__ = ['BACKBONES']

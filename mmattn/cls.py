@@ -1,0 +1,11 @@
+"""Registers mmattn's backbones, hooks and optimizer constructors into mmpretrain.
+
+Use it from any mmpretrain config::
+
+    custom_imports = dict(imports=['mmattn.cls'], allow_failed_imports=False)
+"""
+from mmpretrain.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+
+from ._adapter import register_components
+
+register_components(MODELS, HOOKS, OPTIM_WRAPPER_CONSTRUCTORS)

@@ -1,0 +1,11 @@
+"""Registers mmattn's backbones, hooks and optimizer constructors into mmdet.
+
+Use it from any mmdet config::
+
+    custom_imports = dict(imports=['mmattn.det'], allow_failed_imports=False)
+"""
+from mmdet.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+
+from ._adapter import register_components
+
+register_components(MODELS, HOOKS, OPTIM_WRAPPER_CONSTRUCTORS)

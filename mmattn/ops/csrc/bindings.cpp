@@ -1,0 +1,109 @@
+// Operator schemas of the `mmattn` torch.library namespace, the host-side argument checks, and
+// the Python module entry point of mmattn._C. Kernels register themselves for the CPU and CUDA
+// dispatch keys in cpu/*.cpp and cuda/*.cu; fake (meta) kernels and autograd are registered from
+// Python (mmattn/ops/neighborhood.py, mmattn/ops/ghost_head.py).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace mmattn {
+
+void check_na2d_qkv(const Tensor& q, const Tensor& k, int64_t kernel_size, int64_t dilation,
+                    bool clamp) {
+  TORCH_CHECK(q.dim() == 5, "na2d: q must be (B, heads, H, W, D), got ", q.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes(), "na2d: k must have the shape of q ", q.sizes(), ", got ",
+              k.sizes());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && k.device() == q.device(),
+              "na2d: q and k must share dtype and device");
+  TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, "na2d: kernel_size must be odd and >= 1");
+  TORCH_CHECK(dilation >= 1, "na2d: dilation must be >= 1");
+  if (clamp) {
+    TORCH_CHECK(q.size(2) / dilation >= kernel_size && q.size(3) / dilation >= kernel_size,
+                "na2d: border='clamp' needs H // dilation >= kernel_size and "
+                "W // dilation >= kernel_size");
+  }
+}
+
+void check_na2d_attn(const Tensor& attn, const Tensor& v, int64_t kernel_size) {
+  TORCH_CHECK(v.dim() == 5, "na2d: v must be (B, heads, H, W, D), got ", v.sizes());
+  TORCH_CHECK(attn.dim() == 5 && attn.size(0) == v.size(0) && attn.size(1) == v.size(1) &&
+                  attn.size(2) == v.size(2) && attn.size(3) == v.size(3) &&
+                  attn.size(4) == kernel_size * kernel_size,
+              "na2d: attn must be (B, heads, H, W, kernel_size**2), got ", attn.sizes());
+  TORCH_CHECK(attn.scalar_type() == v.scalar_type() && attn.device() == v.device(),
+              "na2d: attn and v must share dtype and device");
+}
+
+void check_na2d_extras(const Tensor& q, const OptTensor& rpb, const OptTensor& rpe,
+                       const OptTensor& bias, int64_t kernel_size, bool clamp) {
+  const int64_t heads = q.size(1), k = kernel_size;
+  if (rpb.has_value()) {
+    TORCH_CHECK(rpb->sizes() == at::IntArrayRef({heads, 2 * k - 1, 2 * k - 1}),
+                "na2d: rpb must be (heads, 2k-1, 2k-1), got ", rpb->sizes());
+    TORCH_CHECK(rpb->scalar_type() == q.scalar_type() && rpb->device() == q.device(),
+                "na2d: rpb must share dtype and device with q");
+  }
+  if (rpe.has_value()) {
+    TORCH_CHECK(!clamp, "na2d: rpe needs border='mask'");
+    TORCH_CHECK(rpe->sizes() == at::IntArrayRef({heads, k, k, q.size(4)}),
+                "na2d: rpe must be (heads, k, k, D), got ", rpe->sizes());
+    TORCH_CHECK(rpe->scalar_type() == q.scalar_type() && rpe->device() == q.device(),
+                "na2d: rpe must share dtype and device with q");
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->sizes() == at::IntArrayRef({q.size(0), heads, q.size(2), q.size(3), k * k}),
+                "na2d: bias must be (B, heads, H, W, k*k), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == q.scalar_type() && bias->device() == q.device(),
+                "na2d: bias must share dtype and device with q");
+  }
+}
+
+void check_ghost(const Tensor& v, const Tensor& attn, const OptTensor& mul, const OptTensor& add,
+                 int64_t kernel_size, int64_t dilation) {
+  TORCH_CHECK(v.dim() == 4, "ghost_head_aggregate: v must be (B, C, H, W), got ", v.sizes());
+  TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1,
+              "ghost_head_aggregate: kernel_size must be odd and >= 1");
+  TORCH_CHECK(dilation >= 1, "ghost_head_aggregate: dilation must be >= 1");
+  TORCH_CHECK(attn.dim() == 5 && attn.size(0) == v.size(0) && attn.size(1) >= 1 &&
+                  v.size(1) % attn.size(1) == 0 && attn.size(2) == kernel_size * kernel_size &&
+                  attn.size(3) == v.size(2) && attn.size(4) == v.size(3),
+              "ghost_head_aggregate: attn must be (B, G, k*k, H, W) with G dividing C, got ",
+              attn.sizes());
+  TORCH_CHECK(attn.scalar_type() == v.scalar_type() && attn.device() == v.device(),
+              "ghost_head_aggregate: v and attn must share dtype and device");
+  for (const OptTensor* t : {&mul, &add}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->sizes() == at::IntArrayRef({v.size(1), kernel_size, kernel_size}),
+                  "ghost_head_aggregate: ghost tensors must be (C, k, k), got ", (*t)->sizes());
+      TORCH_CHECK((*t)->scalar_type() == v.scalar_type() && (*t)->device() == v.device(),
+                  "ghost_head_aggregate: ghost tensors must share dtype and device with v");
+    }
+  }
+}
+
+}  // namespace mmattn
+
+TORCH_LIBRARY(mmattn, m) {
+  m.def("na2d_qk(Tensor q, Tensor k, Tensor? rpb, Tensor? rpe, int kernel_size, int dilation, "
+        "bool clamp, float scale) -> Tensor");
+  m.def("na2d_qk_backward(Tensor grad, Tensor q, Tensor k, Tensor? rpe, int kernel_size, "
+        "int dilation, bool clamp, float scale, bool with_rpb) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("na2d_av(Tensor attn, Tensor v, int kernel_size, int dilation, bool clamp) -> Tensor");
+  m.def("na2d_av_backward(Tensor grad, Tensor attn, Tensor v, int kernel_size, int dilation, "
+        "bool clamp) -> (Tensor, Tensor)");
+  m.def("na2d_fused(Tensor q, Tensor k, Tensor v, Tensor? rpb, Tensor? rpe, Tensor? bias, "
+        "int kernel_size, int dilation, bool clamp, float scale) -> Tensor");
+  m.def("ghost_head_aggregate(Tensor v, Tensor attn, Tensor? ghost_mul, Tensor? ghost_add, "
+        "int kernel_size, int dilation) -> Tensor");
+  m.def("ghost_head_aggregate_backward(Tensor grad, Tensor v, Tensor attn, Tensor? ghost_mul, "
+        "Tensor? ghost_add, int kernel_size, int dilation, bool with_mul, bool with_add) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+// mmattn._C holds no Python functions: importing it runs the registrations above.
+static struct PyModuleDef mmattn_c_module = {PyModuleDef_HEAD_INIT, "_C",
+                                             "mmattn compiled operators (torch.ops.mmattn)", -1,
+                                             nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&mmattn_c_module); }

@@ -1,0 +1,28 @@
+// Declarations of mmattn's operator implementations and the host-side argument checks shared by
+// the CPU and CUDA entry points. The Python API (mmattn/ops/_checks.py) validates arguments with
+// readable ValueErrors first; these checks keep a direct torch.ops.mmattn.* call from reading
+// out of bounds.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace mmattn {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// Shape checks of the host entry points (TORCH_CHECK, RuntimeError on violation).
+void check_na2d_qkv(const Tensor& q, const Tensor& k, int64_t kernel_size, int64_t dilation,
+                    bool clamp);
+void check_na2d_attn(const Tensor& attn, const Tensor& v, int64_t kernel_size);
+void check_na2d_extras(const Tensor& q, const OptTensor& rpb, const OptTensor& rpe,
+                       const OptTensor& bias, int64_t kernel_size, bool clamp);
+void check_ghost(const Tensor& v, const Tensor& attn, const OptTensor& mul, const OptTensor& add,
+                 int64_t kernel_size, int64_t dilation);
+
+// An empty tensor stands for "no gradient" in the tuple results of the backward ops.
+inline Tensor none_like(const Tensor& t) { return at::empty({0}, t.options()); }
+
+}  // namespace mmattn

@@ -1,0 +1,63 @@
+"""FLOP handles of mmattn's ops for mmengine's (and fvcore's) jit-based complexity analysis.
+
+Convention of both analyzers: one fused multiply-add counts as one FLOP. Without these handles
+the analyzers report the ``mmattn::*`` ops as unsupported and count them as free.
+"""
+from math import prod
+from typing import Any, Dict, List
+
+import torch
+
+
+def _shape(value: Any) -> List[int]:
+    return list(value.type().sizes())
+
+
+def _is_none(value: Any) -> bool:
+    return isinstance(value.type(), torch._C.NoneType)
+
+
+def na2d_qk_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """``q . k`` for every window slot (plus ``q . rpe`` when given)."""
+    logits = prod(_shape(outputs[0]))  # B * heads * H * W * k*k
+    depth = _shape(inputs[0])[-1]
+    return logits * depth * (1 if _is_none(inputs[3]) else 2)
+
+
+def na2d_av_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """``attn * v`` for every window slot."""
+    return prod(_shape(inputs[0])) * _shape(inputs[1])[-1]
+
+
+def na2d_fused_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Logits (with ``rpe``) and aggregation of the fused inference kernel."""
+    B, heads, H, W, D = _shape(inputs[0])
+    kernel_size = inputs[6].toIValue()
+    slots = B * heads * H * W * kernel_size * kernel_size
+    return slots * D * (2 if _is_none(inputs[4]) else 3)
+
+
+def ghost_head_aggregate_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """One multiply-add per tap and channel (the ghost weight ``attn * M + S`` included)."""
+    B, C, H, W = _shape(inputs[0])
+    kk = _shape(inputs[1])[2]
+    return B * C * H * W * kk
+
+
+FLOP_HANDLES: Dict[str, Any] = {
+    'mmattn::na2d_qk': na2d_qk_flops,
+    'mmattn::na2d_av': na2d_av_flops,
+    'mmattn::na2d_fused': na2d_fused_flops,
+    'mmattn::ghost_head_aggregate': ghost_head_aggregate_flops,
+}
+
+
+def register_flop_handles() -> None:
+    """Adds the handles to the default op tables of mmengine's and fvcore's FLOP analyzers."""
+    from mmengine.analysis import complexity_analysis
+    complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.update(FLOP_HANDLES)
+    try:
+        from fvcore.nn import flop_count
+    except ImportError:
+        return
+    flop_count._DEFAULT_SUPPORTED_OPS.update(FLOP_HANDLES)

@@ -1,0 +1,119 @@
+"""Two-dimensional neighbourhood attention, ``mmattn.ops.na2d``.
+
+Training runs three ops (``na2d_qk`` -> softmax -> ``na2d_av``), each with its own backward
+kernel; inference (nothing requires grad) runs the fused ``na2d_fused`` kernel, which keeps no
+``k*k`` logits buffer. The ops are ``torch.library`` operators with fake kernels, so
+``torch.compile``, ``torch.fx`` and ``torch.jit.trace`` see them as single nodes.
+"""
+from typing import Optional
+
+import torch
+
+from ._checks import check_na2d
+from ._ext import has_compiled_ops
+from .reference import na2d_reference
+
+
+def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int = 1,
+         border: str = 'mask', rpb: Optional[torch.Tensor] = None,
+         rpe: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+         scale: Optional[float] = None) -> torch.Tensor:
+    """Neighbourhood attention over a ``kernel_size x kernel_size`` window around each pixel.
+
+    Per query ``(i, j)`` and window slot ``(a, b)`` with key position ``p``::
+
+        logit = scale * q[i, j] . (k[p] + rpe[a, b]) + rpb[offset(p - (i, j))] + bias[i, j, a*k+b]
+        out[i, j] = sum over valid slots of softmax(logit) * v[p]
+
+    Args:
+        q, k, v (Tensor): ``(B, heads, H, W, D)``, same dtype and device.
+        kernel_size (int): odd window size ``k >= 1``.
+        dilation (int): distance between window taps. Defaults to 1.
+        border (str): ``'mask'`` keeps the window centred and drops taps outside the image;
+            ``'clamp'`` shifts the window inside the image (NATTEN). Defaults to ``'mask'``.
+        rpb (Tensor, optional): ``(heads, 2k-1, 2k-1)`` relative position bias.
+        rpe (Tensor, optional): ``(heads, k, k, D)`` relative position embedding added to the
+            keys of each window slot (SASA); ``'mask'`` mode only.
+        bias (Tensor, optional): ``(B, heads, H, W, k*k)`` additive logits.
+        scale (float, optional): multiplies ``q . k``. Defaults to ``D ** -0.5``.
+
+    Returns:
+        Tensor: ``(B, heads, H, W, D)``.
+    """
+    check_na2d(q, k, v, kernel_size, dilation, border, rpb, rpe, bias, scale)
+    scale = float(q.shape[-1]**-0.5 if scale is None else scale)
+    if not has_compiled_ops():
+        return na2d_reference(q, k, v, kernel_size, dilation, border, rpb, rpe, bias, scale)
+    clamp = border == 'clamp'
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    rpb = None if rpb is None else rpb.contiguous()
+    rpe = None if rpe is None else rpe.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    tensors = (q, k, v, rpb, rpe, bias)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return torch.ops.mmattn.na2d_fused(q, k, v, rpb, rpe, bias, kernel_size, dilation, clamp,
+                                           scale)
+    logits = torch.ops.mmattn.na2d_qk(q, k, rpb, rpe, kernel_size, dilation, clamp, scale)
+    if bias is not None:
+        logits = logits + bias
+    attn = logits.softmax(dim=-1)
+    return torch.ops.mmattn.na2d_av(attn, v, kernel_size, dilation, clamp)
+
+
+def _register() -> None:
+    """Fake kernels and autograd of the ``mmattn::na2d_*`` ops (once, on first import)."""
+    lib = torch.library
+
+    @lib.register_fake('mmattn::na2d_qk')
+    def _qk_fake(q, k, rpb, rpe, kernel_size, dilation, clamp, scale):
+        return q.new_empty((*q.shape[:4], kernel_size * kernel_size))
+
+    @lib.register_fake('mmattn::na2d_qk_backward')
+    def _qk_backward_fake(grad, q, k, rpe, kernel_size, dilation, clamp, scale, with_rpb):
+        r = 2 * kernel_size - 1
+        drpb = q.new_empty((q.shape[1], r, r)) if with_rpb else q.new_empty(0)
+        drpe = torch.empty_like(rpe) if rpe is not None else q.new_empty(0)
+        return torch.empty_like(q), torch.empty_like(k), drpb, drpe
+
+    @lib.register_fake('mmattn::na2d_av')
+    def _av_fake(attn, v, kernel_size, dilation, clamp):
+        return torch.empty_like(v)
+
+    @lib.register_fake('mmattn::na2d_av_backward')
+    def _av_backward_fake(grad, attn, v, kernel_size, dilation, clamp):
+        return torch.empty_like(attn), torch.empty_like(v)
+
+    @lib.register_fake('mmattn::na2d_fused')
+    def _fused_fake(q, k, v, rpb, rpe, bias, kernel_size, dilation, clamp, scale):
+        return torch.empty_like(q)
+
+    def qk_setup(ctx, inputs, output):
+        q, k, rpb, rpe, kernel_size, dilation, clamp, scale = inputs
+        ctx.save_for_backward(q, k, rpe)
+        ctx.args = (kernel_size, dilation, clamp, scale)
+        ctx.with_rpb = rpb is not None
+
+    def qk_backward(ctx, grad):
+        q, k, rpe = ctx.saved_tensors
+        with_rpb = ctx.with_rpb and ctx.needs_input_grad[2]
+        dq, dk, drpb, drpe = torch.ops.mmattn.na2d_qk_backward(
+            grad.contiguous(), q, k, rpe, *ctx.args, with_rpb)
+        return (dq, dk, drpb if with_rpb else None, drpe if rpe is not None else None,
+                None, None, None, None)
+
+    def av_setup(ctx, inputs, output):
+        attn, v, kernel_size, dilation, clamp = inputs
+        ctx.save_for_backward(attn, v)
+        ctx.args = (kernel_size, dilation, clamp)
+
+    def av_backward(ctx, grad):
+        attn, v = ctx.saved_tensors
+        dattn, dv = torch.ops.mmattn.na2d_av_backward(grad.contiguous(), attn, v, *ctx.args)
+        return dattn, dv, None, None, None
+
+    lib.register_autograd('mmattn::na2d_qk', qk_backward, setup_context=qk_setup)
+    lib.register_autograd('mmattn::na2d_av', av_backward, setup_context=av_setup)
+
+
+if has_compiled_ops():
+    _register()

@@ -1,0 +1,249 @@
+"""Benchmark mmattn's compiled ops against their plain-PyTorch (unfold) references.
+
+For each op and shape: forward (inference, no grad) and forward+backward time, median of
+``--repeats`` runs after ``--warmup`` runs, and peak memory above the inputs; then the ratios
+reference / compiled. Both sides are measured in the same run, on the same inputs.
+
+Peak memory: on CUDA, torch's peak allocator statistics. On CPU, the growth of the resident-set
+high-water mark (Linux VmHWM, reset through /proc/self/clear_refs) over one call, measured in a
+child process with a fixed glibc mmap threshold so that freed buffers leave the resident set;
+timings are taken in this process, with the default allocator behaviour, for both sides alike.
+
+Examples::
+
+    python tools/analysis_tools/benchmark_ops.py                  # the issue's reference shapes
+    python tools/analysis_tools/benchmark_ops.py --json out.json
+    python tools/analysis_tools/benchmark_ops.py --device cuda --dtype float16
+"""
+import argparse
+import json
+import os.path as osp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,  # noqa: E402
+                        has_compiled_ops, na2d, na2d_reference)
+
+
+@dataclass
+class Case:
+    """One op on one shape; ``make`` returns the inputs, ``run``/``ref`` call op and reference."""
+    name: str
+    make: Callable[..., Dict[str, torch.Tensor]]
+    run: Callable[..., torch.Tensor]
+    ref: Callable[..., torch.Tensor]
+
+
+def na2d_case(B: int, heads: int, H: int, W: int, D: int, k: int, border: str = 'mask',
+              with_rpb: bool = True) -> Case:
+    def make(device, dtype):
+        g = torch.Generator().manual_seed(0)
+        t = {n: torch.randn(B, heads, H, W, D, generator=g, dtype=dtype).to(device)
+             for n in ('q', 'k', 'v')}
+        if with_rpb:
+            t['rpb'] = torch.randn(heads, 2 * k - 1, 2 * k - 1, generator=g, dtype=dtype).to(device)
+        return t
+
+    return Case(
+        name=f'na2d B={B} heads={heads} {H}x{W} D={D} k={k} {border}{" rpb" if with_rpb else ""}',
+        make=make,
+        run=lambda t: na2d(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb')),
+        ref=lambda t: na2d_reference(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb')))
+
+
+def ghost_case(B: int, C: int, G: int, H: int, W: int, k: int) -> Case:
+    def make(device, dtype):
+        g = torch.Generator().manual_seed(0)
+        return dict(
+            v=torch.randn(B, C, H, W, generator=g, dtype=dtype).to(device),
+            attn=torch.randn(B, G, k * k, H, W, generator=g, dtype=dtype).softmax(2).to(device),
+            mul=torch.randn(C, k, k, generator=g, dtype=dtype).to(device),
+            add=torch.randn(C, k, k, generator=g, dtype=dtype).to(device))
+
+    return Case(
+        name=f'ghost_head_aggregate B={B} C={C} G={G} {H}x{W} k={k} mul+add',
+        make=make,
+        run=lambda t: ghost_head_aggregate(t['v'], t['attn'], t['mul'], t['add'], k),
+        ref=lambda t: ghost_head_aggregate_reference(t['v'], t['attn'], t['mul'], t['add'], k))
+
+
+CASES = {
+    'na2d': na2d_case(2, 4, 56, 56, 32, 7),
+    'na2d-clamp': na2d_case(2, 4, 56, 56, 32, 7, border='clamp'),
+    'ghost': ghost_case(2, 96, 3, 56, 56, 7),
+}
+
+
+class PeakMemory:
+    """Peak memory growth of the block, in MiB."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f'{field} not in /proc/self/status')
+
+    def __enter__(self) -> 'PeakMemory':
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # resets VmHWM to the current RSS
+            self.base = self._status('VmRSS')
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = self._status('VmHWM')
+        self.mib = max(peak - self.base, 0) / 2**20
+
+
+def median_seconds(fn: Callable[[], None], device: torch.device, warmup: int,
+                   repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_mib(fn: Callable[[], None], device: torch.device) -> float:
+    fn()  # first call: lazy initialisation is not the op's memory
+    with PeakMemory(device) as mem:
+        fn()
+    return mem.mib
+
+
+@dataclass
+class Row:
+    case: str
+    impl: str
+    forward_ms: float
+    forward_mib: float
+    train_ms: float
+    train_mib: float
+
+
+def workloads(case: Case, impl: str, device: torch.device, dtype: torch.dtype):
+    """The inference and training calls of one implementation on the case's inputs."""
+    fn = case.run if impl == 'compiled' else case.ref
+    inputs = case.make(device, dtype)
+
+    def forward():
+        with torch.no_grad():
+            fn(inputs)
+
+    grads = {n: t.clone().requires_grad_() for n, t in inputs.items()}
+
+    def train():
+        out = fn(grads)
+        out.backward(torch.ones_like(out))
+        for t in grads.values():
+            t.grad = None
+
+    return forward, train
+
+
+def probe_memory(key: str, impl: str, device: torch.device, dtype: torch.dtype) -> List[float]:
+    """Peak MiB of (forward, forward+backward); on CPU in a child process (see module doc)."""
+    if device.type == 'cuda':
+        return [peak_mib(fn, device) for fn in workloads(CASES[key], impl, device, dtype)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
+    out = subprocess.run([sys.executable, __file__, '--memory-probe', key, impl, '--device',
+                          str(device), '--dtype', str(dtype).replace('torch.', '')],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_case(key: str, impl: str, device: torch.device, dtype: torch.dtype, warmup: int,
+               repeats: int) -> Row:
+    forward, train = workloads(CASES[key], impl, device, dtype)
+    fwd_s = median_seconds(forward, device, warmup, repeats)
+    train_s = median_seconds(train, device, warmup, repeats)
+    fwd_mib, train_mib = probe_memory(key, impl, device, dtype)
+    return Row(CASES[key].name, impl, fwd_s * 1e3, fwd_mib, train_s * 1e3, train_mib)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--cases', nargs='+', choices=sorted(CASES), default=['na2d', 'ghost'])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', default='float32',
+                        choices=['float16', 'bfloat16', 'float32', 'float64'])
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--memory-probe', nargs=2, metavar=('CASE', 'IMPL'),
+                        help=argparse.SUPPRESS)  # internal: the CPU memory child process
+    args = parser.parse_args(argv)
+    if not has_compiled_ops():
+        raise SystemExit('mmattn._C is not built: nothing to compare (pip install -e .)')
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.memory_probe:
+        key, impl = args.memory_probe
+        print(json.dumps([peak_mib(fn, device) for fn in workloads(CASES[key], impl, device,
+                                                                     dtype)]))
+        return
+
+    rows: List[Row] = []
+    summary = []
+    print(f'device={device} dtype={args.dtype} threads={torch.get_num_threads()} '
+          f'median of {args.repeats} (warm-up {args.warmup})')
+    header = f'{"case":58s} {"impl":9s} {"fwd ms":>9s} {"fwd MiB":>9s} {"f+b ms":>9s} {"f+b MiB":>9s}'
+    print(header)
+    print('-' * len(header))
+    for key in args.cases:
+        case = CASES[key]
+        pair = {impl: bench_case(key, impl, device, dtype, args.warmup, args.repeats)
+                for impl in ('compiled', 'reference')}
+        for row in pair.values():
+            rows.append(row)
+            print(f'{row.case:58s} {row.impl:9s} {row.forward_ms:9.2f} {row.forward_mib:9.1f} '
+                  f'{row.train_ms:9.2f} {row.train_mib:9.1f}')
+        c, r = pair['compiled'], pair['reference']
+        ratios = dict(case=case.name, forward_speedup=r.forward_ms / c.forward_ms,
+                      train_speedup=r.train_ms / c.train_ms,
+                      train_memory_ratio=c.train_mib / max(r.train_mib, 1e-9))
+        summary.append(ratios)
+    print()
+    print('ratios (reference / compiled for time, compiled / reference for memory):')
+    for s in summary:
+        print(f'  {s["case"]}: forward {s["forward_speedup"]:.2f}x faster, '
+              f'forward+backward {s["train_speedup"]:.2f}x faster, '
+              f'forward+backward peak memory {s["train_memory_ratio"]:.3f} of the reference')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(device=str(device), dtype=args.dtype, threads=torch.get_num_threads(),
+                           rows=[asdict(r) for r in rows], ratios=summary), f, indent=2)
+        print(f'wrote {args.json}')
+
+
+if __name__ == '__main__':
+    main()

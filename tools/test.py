@@ -1,0 +1,75 @@
+"""Evaluate a checkpoint of a detector, segmentor or classifier on its config's test set.
+
+Examples::
+
+    python tools/test.py CONFIG CHECKPOINT
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis      # save pictures of predictions
+    python tools/test.py CONFIG CHECKPOINT --out results.pkl   # dump raw predictions
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from mmattn.utils.tools import add_common_args, build_runner, load_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='test config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out', help='dump the predictions to this pickle file (.pkl)')
+    parser.add_argument('--show-dir', help='save pictures of the predictions in this directory '
+                        '(relative to the work dir unless absolute)')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds per shown image')
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def enable_visualization(cfg, show_dir, show: bool, wait_time: float) -> None:
+    """Turns on the codebase's visualization hook for the test loop."""
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise ValueError('--show/--show-dir need a `visualization` hook in default_hooks')
+    scope = cfg.default_scope
+    if scope == 'mmpretrain':
+        hook.enable = True
+        hook.show = show
+        hook.wait_time = wait_time
+        if show_dir:
+            hook.out_dir = show_dir
+        return
+    hook.draw = True
+    hook.show = show
+    hook.wait_time = wait_time
+    if show_dir:
+        if scope == 'mmdet':
+            hook.test_out_dir = show_dir
+        else:  # mmseg saves through the visualizer
+            cfg.visualizer.save_dir = show_dir
+            hook.interval = 1
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args.show_dir, args.show, args.wait_time)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
