@@ -31,7 +31,9 @@ def get_extensions() -> list:
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob(osp.join(CSRC, '*.cpp')) + glob.glob(osp.join(CSRC, 'cpu', '*.cpp')))
-    cxx_flags = ['-O3', '-std=c++17', '-fopenmp']
+    # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 from torch
+    # 2.13 on; torch >= 2.14 rejects C++17), and nvcc refuses a second -std.
+    cxx_flags = ['-O3', '-fopenmp']
     define_macros = []
     with_cuda = torch.cuda.is_available() or os.getenv('FORCE_CUDA', '0') == '1'
     if with_cuda and torch.version.cuda is None:
@@ -44,7 +46,7 @@ def get_extensions() -> list:
         return [CUDAExtension(
             'mmattn._C', sources, include_dirs=include_dirs, define_macros=define_macros,
             extra_compile_args={'cxx': cxx_flags,
-                                'nvcc': ['-O3', '-std=c++17', '--expt-relaxed-constexpr']},
+                                'nvcc': ['-O3', '--expt-relaxed-constexpr']},
             extra_link_args=['-fopenmp'])]
     return [CppExtension(
         'mmattn._C', sources, include_dirs=include_dirs, define_macros=define_macros,

@@ -5,6 +5,10 @@
 """
 from typing import Dict
 
-BACKBONES: Dict[str, type] = {}
+from .sasa_resnet import SASAResNet
 
-__all__ = ['BACKBONES']
+BACKBONES: Dict[str, type] = {
+    'SASAResNet': SASAResNet,
+}
+
+__all__ = ['BACKBONES', 'SASAResNet']

@@ -53,9 +53,16 @@ FLOP_HANDLES: Dict[str, Any] = {
 
 
 def register_flop_handles() -> None:
-    """Adds the handles to the default op tables of mmengine's and fvcore's FLOP analyzers."""
+    """Adds the handles to the default op tables of mmengine's and fvcore's analyzers.
+
+    The activation analyzer counts the output elements of every op, as it does for convolutions
+    and matmuls.
+    """
     from mmengine.analysis import complexity_analysis
+    from mmengine.analysis.jit_handles import generic_activation_jit
     complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.update(FLOP_HANDLES)
+    complexity_analysis._DEFAULT_SUPPORTED_ACT_OPS.update(
+        {name: generic_activation_jit() for name in FLOP_HANDLES})
     try:
         from fvcore.nn import flop_count
     except ImportError:

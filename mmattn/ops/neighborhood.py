@@ -56,7 +56,9 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     logits = torch.ops.mmattn.na2d_qk(q, k, rpb, rpe, kernel_size, dilation, clamp, scale)
     if bias is not None:
         logits = logits + bias
-    attn = logits.softmax(dim=-1)
+    # fp16/bf16 logits: the softmax runs in fp32 (SASA's unscaled logits grow with the head dim)
+    low_precision = logits.dtype in (torch.float16, torch.bfloat16)
+    attn = logits.softmax(dim=-1, dtype=torch.float32 if low_precision else None).to(v.dtype)
     return torch.ops.mmattn.na2d_av(attn, v, kernel_size, dilation, clamp)
 
 

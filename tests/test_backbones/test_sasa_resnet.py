@@ -1,0 +1,175 @@
+"""SASA-ResNet backbones (specs/sasa_resnet.md S3-S6, V9-V11) and the family checklist."""
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmattn.backbones import SASAResNet
+from mmattn.layers import SASAAttention
+
+HEAD_PARAMS = 2048 * 1000 + 1000  # LinearClsHead(2048, 1000)
+# (depth, stem): expected classifier parameters (spec S5), the paper's count, expected GMAC
+VARIANTS = {
+    (26, 'conv'): (10_342_632, 10.3e6, 2.24),
+    (26, 'attention'): (10_335_592, 10.3e6, 2.35),
+    (38, 'conv'): (14_190_632, 14.1e6, 2.86),
+    (38, 'attention'): (14_183_592, 14.1e6, 2.97),
+    (50, 'conv'): (18_038_632, 18.0e6, 3.48),
+    (50, 'attention'): (18_031_592, 18.0e6, 3.59),
+}
+IDS = [f'r{d}-{s}' for d, s in VARIANTS]
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def tiny(**kwargs) -> SASAResNet:
+    """A small SASA-ResNet-26 (base width 16, head dims 2/4/8/16) for the functional tests."""
+    kwargs.setdefault('out_indices', (0, 1, 2, 3))
+    model = SASAResNet(26, base_channels=16, kernel_size=3, **kwargs)
+    model.init_weights()
+    return model
+
+
+@pytest.mark.parametrize('variant', VARIANTS, ids=IDS)
+def test_parameter_counts(variant):
+    expected, paper, _ = VARIANTS[variant]
+    n = n_params(SASAResNet(variant[0], stem=variant[1])) + HEAD_PARAMS
+    assert n == expected
+    assert abs(n - paper) / paper < 0.02
+
+
+@pytest.mark.parametrize('conv_stages, expected_m', [
+    ((True, False, False, False), 18.11), ((True, True, False, False), 18.50),
+    ((True, True, True, False), 20.85), ((True, True, True, True), 25.56)])
+def test_table3_mixed_variants(conv_stages, expected_m):
+    attn = tuple(not c for c in conv_stages)
+    n = n_params(SASAResNet(50, attn_stages=attn)) + HEAD_PARAMS
+    assert n / 1e6 == pytest.approx(expected_m, rel=5e-3)
+
+
+@pytest.mark.parametrize('variant', VARIANTS, ids=IDS)
+def test_flops(variant):
+    """V10: mmengine's analysis with the na2d handle, multiply-accumulates at 224x224."""
+    from mmengine.analysis import get_model_complexity_info
+
+    from mmattn.ops.flops import register_flop_handles
+    register_flop_handles()
+    model = SASAResNet(variant[0], stem=variant[1]).eval()
+    info = get_model_complexity_info(model, input_shape=(3, 224, 224), show_table=False,
+                                     show_arch=False)
+    assert info['flops'] / 1e9 == pytest.approx(VARIANTS[variant][2], rel=0.03)
+
+
+@pytest.mark.parametrize('stem', ['conv', 'attention'])
+@pytest.mark.parametrize('size', [(97, 131), (64, 64), (112, 137)], ids=str)
+def test_output_shapes(stem, size):
+    model = tiny(stem=stem)
+    outs = model(torch.randn(2, 3, *size))
+    assert len(outs) == 4
+    for i, out in enumerate(outs):
+        s = 2**(i + 2)
+        assert out.shape == (2, 16 * 2**i * 4, -(-size[0] // s), -(-size[1] // s))
+
+
+def test_full_size_shapes():
+    outs = SASAResNet(26, out_indices=(0, 1, 2, 3))(torch.randn(1, 3, 112, 137))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(28, 35), (14, 18), (7, 9), (4, 5)]
+    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+
+
+@pytest.mark.parametrize('stem', ['conv', 'attention'])
+def test_backward_reaches_every_parameter(stem):
+    model = tiny(stem=stem, zero_init_residual=False)
+    sum(o.mean() for o in model(torch.randn(2, 3, 32, 32))).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_with_cp_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = tiny(zero_init_residual=False)
+    ckpt = tiny(zero_init_residual=False, with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    results = []
+    for model in (plain, ckpt):
+        outs = model(x)
+        sum(o.square().mean() for o in outs).backward()
+        results.append((outs, [p.grad.clone() for p in model.parameters()]))
+    for a, b in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('frozen', [0, 2])
+def test_frozen_stages(frozen):
+    model = tiny(frozen_stages=frozen)
+    model.train()
+    parts = [model.stem, model.layer1, model.layer2, model.layer3, model.layer4]
+    for i, part in enumerate(parts):
+        is_frozen = i <= frozen
+        assert all(p.requires_grad != is_frozen for p in part.parameters())
+        assert all(m.training != is_frozen for m in part.modules())
+    sum(o.mean() for o in model(torch.randn(2, 3, 32, 32))).backward()
+    assert all(p.grad is None for p in model.stem.parameters())
+
+
+def test_norm_eval():
+    model = tiny(norm_eval=True)
+    model.train()
+    assert all(not m.training for m in model.modules() if isinstance(m, _BatchNorm))
+    assert model.layer1[0].attn.training
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(depth=34), 'depth'), (dict(depth=26, stem='patch'), 'stem'),
+    (dict(depth=26, attn_stages=(True, True)), 'attn_stages'),
+    (dict(depth=26, out_indices=(4, )), 'out_indices'),
+    (dict(depth=26, out_indices=()), 'out_indices'),
+    (dict(depth=26, frozen_stages=5), 'frozen_stages')])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SASAResNet(**kwargs)
+
+
+def test_init():
+    """V13 at the backbone level: bn3 gamma = 0, the attention layers keep their own scheme."""
+    model = SASAResNet(26)
+    model.init_weights()
+    assert all(blk.bn3.weight.abs().sum() == 0 for layer in
+               (model.layer1, model.layer2, model.layer3, model.layer4) for blk in layer)
+    attn: SASAAttention = model.layer4[0].attn  # d = 64
+    assert attn.rel_h.std().item() == pytest.approx(64**-0.5, rel=0.1)
+    wq, wk, _ = attn.qkv.weight.split(512)
+    assert (wq.std() / wk.std()).item() == pytest.approx(64**-0.5, rel=0.1)
+
+
+def test_classifier_checkpoint_loads_into_dense_backbone(tmp_path):
+    mmpretrain = pytest.importorskip('mmpretrain')  # noqa: F841
+    import mmattn.cls  # noqa: F401
+    from mmpretrain.registry import MODELS
+    classifier = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='SASAResNet', depth=26, base_channels=16, stem='attention'),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=512)))
+    classifier.init_weights()
+    path = tmp_path / 'cls.pth'
+    torch.save({'state_dict': classifier.state_dict(), 'meta': {}}, path)
+    backbone = SASAResNet(26, base_channels=16, stem='attention', out_indices=(0, 1, 2, 3),
+                          init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                        prefix='backbone.'))
+    backbone.init_weights()
+    for name, value in backbone.state_dict().items():
+        torch.testing.assert_close(value, classifier.backbone.state_dict()[name], msg=name)
+
+
+def test_torch_compile_matches_eager():
+    model = tiny().eval()
+    x = torch.randn(1, 3, 32, 32)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        for a, b in zip(model(x), compiled(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
