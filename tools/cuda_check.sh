@@ -40,15 +40,16 @@ else
   echo "      exists ($("$VENV/bin/python" --version))"
 fi
 PY="$VENV/bin/python"
-if ! "$PY" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
+if ! "$PY" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION')" \
+    2>/dev/null; then
   echo "      installing torch==$TORCH_VERSION (about 5.5 GB)"
   t0=$SECONDS
   "$PY" -m pip install -q "torch==$TORCH_VERSION"
   echo "      installed in $((SECONDS - t0)) s"
 fi
-if ! "$PY" -c "import setuptools, wheel, ninja, numpy, sys; \
-v = tuple(int(x) for x in setuptools.__version__.split('.')[:2]); sys.exit(not (77, 0) <= v < (81, 0))" \
-    2>/dev/null; then
+if ! "$PY" -c "import setuptools, wheel, ninja, numpy, sys
+v = tuple(int(x) for x in setuptools.__version__.split('.')[:2])
+sys.exit(not (77, 0) <= v < (81, 0))" 2>/dev/null; then
   "$PY" -m pip install -q "setuptools>=77,<81" wheel ninja numpy
 fi
 "$PY" -c "import torch; print('      torch', torch.__version__, '| CUDA', torch.version.cuda)"

@@ -63,7 +63,9 @@ fi
 WHEELS="$WHEELS/torch-$TORCH_VERSION"  # mmcv's ops are built against one torch ABI
 mkdir -p "$WHEELS"
 step 4 "mmcv 2.1.0 with compiled ops (wheel cached in $WHEELS)"
-if ! "$PY" -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '2.1.0')" 2>/dev/null; then
+mmcv_stamp="$VENV/.mmattn-mmcv-torch$TORCH_VERSION"  # which torch the installed mmcv was built for
+if [[ ! -f "$mmcv_stamp" ]] || \
+   ! "$PY" -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '2.1.0')" 2>/dev/null; then
   shopt -s nullglob
   wheels=("$WHEELS"/mmcv-2.1.0-*.whl)
   if (( ${#wheels[@]} == 0 )); then
@@ -81,6 +83,8 @@ if ! "$PY" -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__versi
     echo "      reusing ${wheels[0]}"
   fi
   "${PIP[@]}" install -q --force-reinstall --no-deps "${wheels[0]}"
+  rm -f "$VENV"/.mmattn-mmcv-torch*
+  touch "$mmcv_stamp"
 fi
 "$PY" -c "import mmcv; from mmcv.ops import nms; print('      mmcv', mmcv.__version__, 'with ops')"
 

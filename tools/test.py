@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from mmattn.utils.tools import add_common_args, build_runner, load_config  # noqa: E402
+from mmattn.utils.tools import (add_common_args, build_runner,  # noqa: E402
+                                enable_visualization, load_config)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,30 +29,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--wait-time', type=float, default=2, help='seconds per shown image')
     add_common_args(parser)
     return parser.parse_args(argv)
-
-
-def enable_visualization(cfg, show_dir, show: bool, wait_time: float) -> None:
-    """Turns on the codebase's visualization hook for the test loop."""
-    hook = cfg.default_hooks.get('visualization')
-    if hook is None:
-        raise ValueError('--show/--show-dir need a `visualization` hook in default_hooks')
-    scope = cfg.default_scope
-    if scope == 'mmpretrain':
-        hook.enable = True
-        hook.show = show
-        hook.wait_time = wait_time
-        if show_dir:
-            hook.out_dir = show_dir
-        return
-    hook.draw = True
-    hook.show = show
-    hook.wait_time = wait_time
-    if show_dir:
-        if scope == 'mmdet':
-            hook.test_out_dir = show_dir
-        else:  # mmseg saves through the visualizer
-            cfg.visualizer.save_dir = show_dir
-            hook.interval = 1
 
 
 def main(argv=None) -> None:

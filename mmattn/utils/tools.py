@@ -87,3 +87,28 @@ def require_accelerator_for_amp() -> None:
     if not torch.cuda.is_available():
         raise RuntimeError('--amp (mixed precision) needs a CUDA device; this machine has none. '
                            'Train without --amp on CPU.')
+
+
+def enable_visualization(cfg: Config, show_dir: Optional[str], show: bool = False,
+                         wait_time: float = 0) -> None:
+    """Turns on the codebase's visualization hook for the test loop (``--show``/``--show-dir``)."""
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise ValueError('--show/--show-dir need a `visualization` hook in default_hooks')
+    scope = cfg.default_scope
+    if scope == 'mmpretrain':
+        hook.enable = True
+        hook.show = show
+        hook.wait_time = wait_time
+        if show_dir:
+            hook.out_dir = show_dir
+        return
+    hook.draw = True
+    hook.show = show
+    hook.wait_time = wait_time
+    if show_dir:
+        if scope == 'mmdet':
+            hook.test_out_dir = show_dir
+        else:  # mmseg saves through the visualizer
+            cfg.visualizer.save_dir = show_dir
+            hook.interval = 1

@@ -2,6 +2,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "macros.h"
 
@@ -46,7 +47,9 @@ MMATTN_HD void online_softmax_step(acc_t logit, acc_t& m, acc_t& l, acc_t& resca
     weight = 1;
   } else {
     rescale = 1;
-    weight = exp_acc(logit - m);
+    // A -inf logit (e.g. a masking bias) weighs 0; while m is still -inf, exp(logit - m) would
+    // be exp(NaN). If every logit is -inf, l stays 0 and the output is NaN, as with softmax.
+    weight = logit == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : exp_acc(logit - m);
     l += weight;
   }
 }

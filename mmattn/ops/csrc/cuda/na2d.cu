@@ -342,7 +342,8 @@ __global__ void fused_forward_kernel(const scalar_t* __restrict__ q,
       }
     }
     const acc_t inv = acc_t(1) / l;
-    for (int64_t c = lane; c < D; c += kWarp) out[query * D + c] = static_cast<scalar_t>(num[c] * inv);
+    for (int64_t c = lane; c < D; c += kWarp)
+      out[query * D + c] = static_cast<scalar_t>(num[c] * inv);
   }
 }
 
@@ -486,24 +487,25 @@ Tensor na2d_fused_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
   const int64_t n_queries = g.queries();
   if (out.numel() == 0) return out;  // also covers D == 0
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "na2d_fused_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    // Shared memory: D running numerators per warp; up to 4 warps a block, fewer for large D.
-    constexpr int64_t kMaxShared = 48 * 1024;
-    const int64_t per_warp = g.D * static_cast<int64_t>(sizeof(acc_t));
-    TORCH_CHECK(per_warp <= kMaxShared, "na2d_fused (CUDA): head dim D=", g.D,
-                " needs more than 48 KiB of shared memory per query; use the training path");
-    int64_t warps = 4;
-    while (warps > 1 && warps * per_warp > kMaxShared) warps /= 2;
-    const unsigned int blocks = blocks_for(n_queries, warps);  // one warp per query
-    const unsigned int threads = static_cast<unsigned int>(warps * kWarp);
-    const size_t shared = static_cast<size_t>(warps * per_warp);
-    fused_forward_kernel<scalar_t><<<blocks, threads, shared, stream>>>(
-        q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-        data_or_null<scalar_t>(rpb), data_or_null<scalar_t>(rpe), data_or_null<scalar_t>(bias),
-        out.data_ptr<scalar_t>(), g, static_cast<acc_t>(scale));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, q.scalar_type(), "na2d_fused_cuda", [&] {
+        using acc_t = at::acc_type<scalar_t, true>;
+        // Shared memory: D running numerators per warp; up to 4 warps a block, fewer for large D.
+        constexpr int64_t kMaxShared = 48 * 1024;
+        const int64_t per_warp = g.D * static_cast<int64_t>(sizeof(acc_t));
+        TORCH_CHECK(per_warp <= kMaxShared, "na2d_fused (CUDA): head dim D=", g.D,
+                    " needs more than 48 KiB of shared memory per query; use the training path");
+        int64_t warps = 4;
+        while (warps > 1 && warps * per_warp > kMaxShared) warps /= 2;
+        const unsigned int blocks = blocks_for(n_queries, warps);  // one warp per query
+        const unsigned int threads = static_cast<unsigned int>(warps * kWarp);
+        const size_t shared = static_cast<size_t>(warps * per_warp);
+        fused_forward_kernel<scalar_t><<<blocks, threads, shared, stream>>>(
+            q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(rpb), data_or_null<scalar_t>(rpe), data_or_null<scalar_t>(bias),
+            out.data_ptr<scalar_t>(), g, static_cast<acc_t>(scale));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return out;
 }
 

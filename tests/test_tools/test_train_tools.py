@@ -1,0 +1,192 @@
+"""End to end through tools/train.py, tools/test.py, dist_train.sh and mim on the toy data.
+
+Each run trains a few iterations from random initialisation on a tiny generated dataset; the
+tests check the evaluation metrics, checkpoints, resumption and the tools' outputs, not accuracy.
+"""
+import glob
+import json
+import os
+import os.path as osp
+import pickle
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOY = osp.join(ROOT, 'configs', 'toy')
+DET = osp.join(TOY, 'mask-rcnn_r18_fpn_toy-shapes.py')
+SEG = osp.join(TOY, 'upernet_r18_toy-shapes-128x128.py')
+CLS = osp.join(TOY, 'resnet18_toy-shapes.py')
+
+
+def short_schedule(iters: int, ckpt_interval: int = 1) -> list:
+    return ['--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+            f'default_hooks.checkpoint.interval={ckpt_interval}',
+            'default_hooks.logger.interval=1']
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    """A directory with data/toy (tiny) in which the configs' relative paths resolve."""
+    pytest.importorskip('mmdet')
+    root = tmp_path_factory.mktemp('toy')
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'dataset_converters'))
+    from make_toy_shapes import make_toy_shapes
+    make_toy_shapes(str(root / 'data' / 'toy'), seed=1, img_size=96, num_train=8, num_val=4,
+                    cls_img_size=32, cls_num_train=4, cls_num_val=2)
+    return root
+
+
+def run(args, cwd, check=True, timeout=600, env=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})))
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{" ".join(map(str, args))} failed ({proc.returncode}):\n'
+                             f'{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}')
+    return proc
+
+
+def train(config, work_dir, cwd, *extra, **kwargs):
+    return run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
+                str(work_dir), *extra], cwd, **kwargs)
+
+
+def last_scalars(work_dir) -> dict:
+    """The last logged metrics of a run (mmengine's vis_data/scalars.json)."""
+    logs = sorted(glob.glob(osp.join(str(work_dir), '*', 'vis_data', 'scalars.json')))
+    assert logs, f'no scalars.json under {work_dir}'
+    metrics = {}
+    with open(logs[-1]) as f:
+        for line in f:
+            metrics.update(json.loads(line))
+    return metrics
+
+
+@pytest.mark.parametrize('config, keys', [
+    (DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
+    (SEG, ('mIoU', )),
+    (CLS, ('accuracy/top1', )),
+], ids=['detection', 'segmentation', 'classification'])
+def test_train_and_evaluate(workspace, tmp_path, config, keys):
+    train(config, tmp_path, workspace, *short_schedule(2))
+    metrics = last_scalars(tmp_path)
+    for key in keys:
+        assert key in metrics, f'{key} not evaluated: {sorted(metrics)}'
+        assert 0.0 <= metrics[key] <= 100.0
+    assert osp.isfile(tmp_path / 'iter_2.pth')
+
+
+class StateRecorder:
+    """Records the iteration and optimizer state right after resumption (before_train)."""
+    priority = 'VERY_LOW'
+
+    def __init__(self):
+        self.iter, self.state = None, None
+
+    def __getattr__(self, name):  # every other hook point: nothing to do
+        if name.startswith(('before_', 'after_')):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def before_train(self, runner):
+        import copy
+        self.iter = runner.iter
+        self.state = copy.deepcopy(runner.optim_wrapper.state_dict())
+
+
+def test_resume_restores_iteration_and_optimizer(workspace, tmp_path):
+    # "interrupted" after 2 iterations
+    from mmattn.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    train(DET, tmp_path, workspace, *short_schedule(2))
+    saved = torch.load(tmp_path / 'iter_2.pth', map_location='cpu')  # weights_only=True
+    assert saved['meta']['iter'] == 2
+
+    # resume in-process to inspect the runner right after loading the checkpoint
+    from mmattn.utils.tools import build_runner, load_config
+    cwd = os.getcwd()
+    os.chdir(workspace)
+    try:
+        opts = {'train_cfg.max_iters': 4, 'train_cfg.val_interval': 4,
+                'default_hooks.checkpoint.interval': 2}
+        cfg = load_config(DET, opts, 'none', str(tmp_path))
+        cfg.resume = True
+        runner = build_runner(cfg)
+        recorder = StateRecorder()
+        runner.register_hook(recorder)
+        runner.train()
+    finally:
+        os.chdir(cwd)
+    assert recorder.iter == 2
+    expected = saved['optimizer']['state']
+    got = recorder.state['state']
+    assert expected.keys() == got.keys() and len(got) > 0
+    for index, state in expected.items():
+        for name, value in state.items():
+            assert torch.equal(got[index][name], value), (index, name)
+    assert torch.load(tmp_path / 'iter_4.pth', map_location='cpu')['meta']['iter'] == 4
+
+    # and through the command line: --resume picks up iter_4 and continues to 6
+    proc = train(DET, tmp_path, workspace, '--resume', *short_schedule(6, 2))
+    assert re.search(r'resumed epoch 0, iter 4', proc.stdout + proc.stderr)
+    assert osp.isfile(tmp_path / 'iter_6.pth')
+
+
+def test_resume_refuses_forbidden_pickle(workspace, tmp_path):
+    evil = tmp_path / 'evil.pth'
+    # a checkpoint whose pickle calls os.system: refused by weights_only, never executed
+    torch.save({'state_dict': {}, 'meta': {'iter': 0}, 'x': _Evil()}, evil)
+    proc = train(CLS, tmp_path / 'run', workspace, '--resume', str(evil), *short_schedule(2),
+                 check=False)
+    assert proc.returncode != 0
+    assert 'Weights only load failed' in proc.stderr
+    assert 'system' in proc.stderr
+    assert not (tmp_path / 'pwned').exists()
+
+
+class _Evil:
+
+    def __reduce__(self):
+        return (os.system, ('touch pwned', ))
+
+
+def test_test_tool_show_dir_and_out(workspace, tmp_path):
+    train(DET, tmp_path, workspace, *short_schedule(2))
+    vis, out = tmp_path / 'vis', tmp_path / 'preds.pkl'
+    run([sys.executable, osp.join(ROOT, 'tools', 'test.py'), DET, str(tmp_path / 'iter_2.pth'),
+         '--work-dir', str(tmp_path), '--show-dir', str(vis), '--out', str(out)], workspace)
+    assert len(glob.glob(str(vis / '**' / '*.png'), recursive=True)) == 4  # 4 val images
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 4 and 'pred_instances' in preds[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_dist_train_two_cpu_processes(workspace, tmp_path):
+    proc = run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), CLS, '2', '--work-dir',
+                str(tmp_path), *short_schedule(2)], workspace,
+               env={'PYTHON': sys.executable, 'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'})
+    log = proc.stdout + proc.stderr
+    assert re.search(r'world_size:\s*2', log) or re.search(r'World size:\s*2', log), log[-3000:]
+    assert osp.isfile(tmp_path / 'iter_2.pth')
+    assert 'accuracy/top1' in last_scalars(tmp_path)
+
+
+def test_mim_train(workspace, tmp_path):
+    mim = shutil.which('mim', path=osp.dirname(sys.executable))
+    if mim is None:
+        pytest.skip('openmim is not installed')
+    run([mim, 'train', 'mmdet', DET, '--work-dir', str(tmp_path), *short_schedule(2)],
+        workspace)
+    assert osp.isfile(tmp_path / 'iter_2.pth')
+    assert 'coco/bbox_mAP' in last_scalars(tmp_path)
