@@ -22,6 +22,8 @@ TOY = osp.join(ROOT, 'configs', 'toy')
 DET = osp.join(TOY, 'mask-rcnn_r18_fpn_toy-shapes.py')
 SEG = osp.join(TOY, 'upernet_r18_toy-shapes-128x128.py')
 CLS = osp.join(TOY, 'resnet18_toy-shapes.py')
+SASA_DET = osp.join(TOY, 'mask-rcnn_sasa-resnet-26-w16_fpn_toy-shapes.py')
+SASA_SEG = osp.join(TOY, 'sasa-resnet-26-w16_upernet_toy-shapes-128x128.py')
 
 
 def short_schedule(iters: int, ckpt_interval: int = 1) -> list:
@@ -71,7 +73,9 @@ def last_scalars(work_dir) -> dict:
     (DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
     (SEG, ('mIoU', )),
     (CLS, ('accuracy/top1', )),
-], ids=['detection', 'segmentation', 'classification'])
+    (SASA_DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
+    (SASA_SEG, ('mIoU', )),
+], ids=['detection', 'segmentation', 'classification', 'sasa-detection', 'sasa-segmentation'])
 def test_train_and_evaluate(workspace, tmp_path, config, keys):
     train(config, tmp_path, workspace, *short_schedule(2))
     metrics = last_scalars(tmp_path)
