@@ -616,3 +616,16 @@ def test_fallback_without_extension(border, dilation, extras, monkeypatch, recor
         return call(na2d, dict(t, **dict(zip(names, tensors))), 3, dilation, border)
 
     assert torch.autograd.gradcheck(fn, tuple(t[n] for n in names), **GRADCHECK)
+
+
+def test_fused_path_with_minus_inf_bias_slots():
+    """A -inf bias on some slots (a mask) must not turn the fused online softmax into NaN."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 7, 4) for _ in range(3))
+    bias = torch.zeros(1, 2, 6, 7, 9)
+    bias[..., :4] = float('-inf')  # the first taps of every window masked, the centre kept
+    with torch.no_grad():
+        fused = na2d(q, k, v, 3, bias=bias)
+    ref = na2d_reference(q, k, v, 3, bias=bias)
+    assert torch.isfinite(fused).all()
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
