@@ -83,6 +83,7 @@ if [[ ! -f "$mmcv_stamp" ]] || \
     echo "      reusing ${wheels[0]}"
   fi
   "${PIP[@]}" install -q --force-reinstall --no-deps "${wheels[0]}"
+  "${PIP[@]}" install -q "${wheels[0]}"  # and mmcv's own requirements (opencv, addict, yapf, ...)
   rm -f "$VENV"/.mmattn-mmcv-torch*
   touch "$mmcv_stamp"
 fi
