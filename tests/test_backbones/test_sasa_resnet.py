@@ -173,3 +173,35 @@ def test_torch_compile_matches_eager():
     with torch.no_grad():
         for a, b in zip(model(x), compiled(x)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stem', ['conv', 'attention'])
+def test_imagenet_config_trains_one_step(stem):
+    """V12: the ImageNet config's classifier runs one optimiser step on tiny inputs on CPU."""
+    pytest.importorskip('mmpretrain')
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+
+    import mmattn.cls  # noqa: F401
+    from mmpretrain.registry import MODELS
+    from mmpretrain.structures import DataSample
+    from mmpretrain.utils import register_all_modules
+    register_all_modules()
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'sasa_resnet', 'sasa-resnet-50_8xb128_in1k.py'))
+    cfg.model.backbone.update(depth=26, stem=stem, base_channels=16)
+    cfg.model.head.update(in_channels=512, num_classes=5)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    # S8: no weight decay on the relative tables and embeddings
+    decay = {id(p): g['weight_decay'] for g in optim.param_groups for p in g['params']}
+    assert decay[id(model.backbone.layer1[0].attn.rel_h)] == 0
+    data = dict(inputs=[torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8) for _ in range(2)],
+                data_samples=[DataSample().set_gt_label(i) for i in range(2)])
+    before = model.backbone.layer1[0].attn.qkv.weight.detach().clone()
+    losses = model.train_step(data, optim)
+    assert torch.isfinite(losses['loss'])
+    assert not torch.equal(before, model.backbone.layer1[0].attn.qkv.weight)
