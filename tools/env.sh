@@ -100,8 +100,11 @@ fi
 
 step 6 "mmattn (editable, compiles mmattn._C)"
 src_hash=$(cd "$ROOT" && find setup.py mmattn/ops/csrc -type f | sort | xargs cat | sha256sum | cut -c1-16)
-stamp="$VENV/.mmattn-ext-$src_hash-torch$TORCH_VERSION-${MMATTN_WITH_OPS:-1}"
-ext_ok="import sys, mmattn.ops as o; sys.exit(not o.has_compiled_ops() and '${MMATTN_WITH_OPS:-1}' != '0')"
+root_hash=$(echo "$ROOT" | sha256sum | cut -c1-8)  # the editable install points at one checkout
+stamp="$VENV/.mmattn-ext-$src_hash-$root_hash-torch$TORCH_VERSION-${MMATTN_WITH_OPS:-1}"
+ext_ok="import sys, mmattn, mmattn.ops as o
+sys.exit(not mmattn.__file__.startswith('$ROOT/') or
+         (not o.has_compiled_ops() and '${MMATTN_WITH_OPS:-1}' != '0'))"
 if [[ ! -f "$stamp" ]] || ! (cd /tmp && "$PY" -c "$ext_ok" 2>/dev/null); then
   rm -f "$VENV"/.mmattn-ext-*
   log="$VENV/mmattn-build.log"
