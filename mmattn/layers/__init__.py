@@ -1,4 +1,7 @@
 """nn.Modules built on mmattn's ops; layers never import backbones."""
+from .elsa_attention import ELSAAttention, ELSABlock, Mlp, round_dim_qk
 from .sasa_attention import SASAAttention, SASAStem
+from .window_attention import SwinBlock, WindowMSA, shifted_window_attention
 
-__all__ = ['SASAAttention', 'SASAStem']
+__all__ = ['ELSAAttention', 'ELSABlock', 'Mlp', 'round_dim_qk', 'SASAAttention', 'SASAStem',
+           'SwinBlock', 'WindowMSA', 'shifted_window_attention']

@@ -38,10 +38,13 @@ def na2d_fused_flops(inputs: List[Any], outputs: List[Any]) -> int:
 
 
 def ghost_head_aggregate_flops(inputs: List[Any], outputs: List[Any]) -> int:
-    """One multiply-add per tap and channel (the ghost weight ``attn * M + S`` included)."""
+    """Per tap and channel: one multiply-add for the attention term ``x * A``, one more for each
+    ghost matrix present (``x * S`` and ``A * M``), the convention of ``specs/elsa_swin.md`` 6.4
+    (2 C k^2 per pixel for ELSA-Swin)."""
     B, C, H, W = _shape(inputs[0])
     kk = _shape(inputs[1])[2]
-    return B * C * H * W * kk
+    per_tap = 1 + (not _is_none(inputs[2])) + (not _is_none(inputs[3]))
+    return B * C * H * W * kk * per_tap
 
 
 FLOP_HANDLES: Dict[str, Any] = {

@@ -1,0 +1,240 @@
+"""ELSA attention and block against a plain-PyTorch rebuild from the spec's formulas.
+
+The reference below is written from ``specs/elsa_swin.md`` sections 2.2-2.7 and 3.3(a) only
+(unfold aggregation, official key names read from the module's state dict), not from mmattn's
+code: pre_proj 1x1 conv -> split (q, k, v) -> q * k * scale -> grouped k x k conv -> GELU -> 1x1
+conv to k*k*G logits (head-major) -> softmax over all taps -> unfold(v) weighted by
+``A * O**lam + gamma * S`` -> post_proj Linear; pre-norm residual block with an MLP.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmattn.layers import ELSAAttention, ELSABlock, round_dim_qk
+from mmattn.layers import elsa_attention as elsa_module
+
+
+def reference_attention(x, sd, *, heads, k, dim_qk, group_width, scale, lam, gamma, prefix=''):
+    """``x`` (B, H, W, C) -> (B, H, W, C) from the official formulas and state dict ``sd``."""
+    b, h, w, c = x.shape
+    p = lambda name: sd[prefix + name]  # noqa: E731
+    t = F.conv2d(x.permute(0, 3, 1, 2), p('pre_proj.weight'), p('pre_proj.bias'))
+    q, kk, v = t[:, :dim_qk], t[:, dim_qk:2 * dim_qk], t[:, 2 * dim_qk:]
+    hadamard = q * kk * scale
+    a = F.conv2d(hadamard, p('attn.0.weight'), p('attn.0.bias'), padding=k // 2,
+                 groups=dim_qk // group_width)
+    a = F.gelu(a)
+    a = F.conv2d(a, p('attn.2.weight'), p('attn.2.bias'))
+    a = a.reshape(b * heads, k * k, h * w).softmax(dim=1)  # all taps, padded ones included
+    cols = F.unfold(v.reshape(b * heads, c // heads, h, w), k, padding=k // 2)
+    cols = cols.view(b, heads, c // heads, k * k, h * w)
+    a = a.view(b, heads, 1, k * k, h * w)
+    ghost = sd.get(prefix + 'ghost_head')
+    mul = torch.ones(c, k * k, dtype=x.dtype)
+    add = torch.zeros(c, k * k, dtype=x.dtype)
+    if lam != 0 and gamma != 0:
+        mul, add = ghost[0].reshape(c, -1)**lam, gamma * ghost[1].reshape(c, -1)
+    elif lam != 0:
+        mul = ghost.reshape(c, -1)**lam
+    elif gamma != 0:
+        add = gamma * ghost.reshape(c, -1)
+    mul = mul.view(1, heads, c // heads, k * k, 1)
+    add = add.view(1, heads, c // heads, k * k, 1)
+    out = (cols * (a * mul + add)).sum(3).view(b, c, h, w).permute(0, 2, 3, 1)
+    return F.linear(out, p('post_proj.weight'), p('post_proj.bias'))
+
+
+def reference_block(x, hw, sd, **kw):
+    b, n, c = x.shape
+    y = F.layer_norm(x, (c, ), sd['norm1.weight'], sd['norm1.bias'])
+    x = x + reference_attention(y.view(b, *hw, c), sd, prefix='attn.', **kw).view(b, n, c)
+    y = F.layer_norm(x, (c, ), sd['norm2.weight'], sd['norm2.bias'])
+    y = F.linear(F.gelu(F.linear(y, sd['mlp.fc1.weight'], sd['mlp.fc1.bias'])),
+                 sd['mlp.fc2.weight'], sd['mlp.fc2.bias'])
+    return x + y
+
+
+def _randomise(module):
+    """Non-trivial values everywhere (norm affine, biases, ghost matrices) to expose swaps."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale = 0.5 if 'ghost_head' in name else 0.2
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale
+                    + (1. if name.endswith('norm1.weight') or name.endswith('norm2.weight')
+                       else 0.))
+
+
+@pytest.mark.parametrize('lam,gamma', [(0, 1.), (1, 1.), (1, 0.), (0, 0.), (2, 0.5), (0, 2.)])
+@pytest.mark.parametrize('size', [(9, 11), (5, 4)])
+def test_block_matches_spec_rebuild(lam, gamma, size):
+    torch.manual_seed(0)
+    dim, heads, gw = 24, 3, 4
+    block = ELSABlock(dim, heads, kernel_size=7, qkv_bias=True, qk_scale=1., group_width=gw,
+                      lam=lam, gamma=gamma).double()
+    _randomise(block)
+    x = torch.randn(2, size[0] * size[1], dim, dtype=torch.float64)
+    ref = reference_block(x, size, block.state_dict(), heads=heads, k=7,
+                          dim_qk=round_dim_qk(dim, None, gw), group_width=gw, scale=1.,
+                          lam=lam, gamma=gamma)
+    out = block(x, size)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_block_matches_spec_rebuild_fp32_official_shapes():
+    """Stage 0 of ELSA-Swin-T (d 96, 3 heads, dim_qk 64, group width 4) in fp32 against the fp64
+    rebuild: errors within 1e-5 of the output's scale (spec O5)."""
+    torch.manual_seed(1)
+    block = ELSABlock(96, 3, kernel_size=7, group_width=4)
+    assert block.attn.dim_qk == 64
+    _randomise(block)
+    x = torch.randn(1, 14 * 13, 96)
+    ref = reference_block(x.double(), (14, 13), {k: v.double() for k, v in
+                                                  block.state_dict().items()},
+                          heads=3, k=7, dim_qk=64, group_width=4, scale=1., lam=0, gamma=1.)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(block(x, (14, 13)).double(), ref, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_official_parameter_shapes():
+    """Spec 6.2, stage 0 of T and stage 2 of B."""
+    t = ELSAAttention(96, 3, 7, group_width=4)
+    shapes = {k: tuple(v.shape) for k, v in t.state_dict().items()}
+    assert shapes == {
+        'pre_proj.weight': (224, 96, 1, 1), 'pre_proj.bias': (224, ),
+        'attn.0.weight': (64, 4, 7, 7), 'attn.0.bias': (64, ),
+        'attn.2.weight': (147, 64, 1, 1), 'attn.2.bias': (147, ),
+        'ghost_head': (96, 7, 7),
+        'post_proj.weight': (96, 96), 'post_proj.bias': (96, )}
+    b = ELSAAttention(512, 16, 7, group_width=8)
+    assert b.dim_qk == 344 and b.attn[0].groups == 43
+    assert tuple(b.pre_proj.weight.shape) == (1200, 512, 1, 1)
+    assert tuple(b.attn[2].weight.shape) == (784, 344, 1, 1)
+    both = ELSAAttention(16, 2, 3, group_width=4, lam=1, gamma=1.)
+    assert tuple(both.ghost_head.shape) == (2, 16, 3, 3)
+    assert ELSAAttention(16, 2, 3, group_width=4, lam=0, gamma=0.).ghost_head is None
+
+
+@pytest.mark.parametrize('dim,gw,expected', [(96, 4, 64), (192, 4, 128), (384, 4, 256),
+                                             (128, 8, 88), (256, 8, 176), (512, 8, 344)])
+def test_dim_qk_rounding(dim, gw, expected):
+    assert ELSAAttention(dim, 1, 3, group_width=gw).dim_qk == expected
+
+
+def test_border_semantics_uniform_logits():
+    """Spec V4: uniform logits, v = 1, no ghost: corner 16/49, edge centre 28/49, inside 1."""
+    attn = ELSAAttention(8, 2, 7, group_width=4, lam=0, gamma=0.).double()
+    with torch.no_grad():
+        attn.attn[2].weight.zero_()
+        attn.attn[2].bias.zero_()
+        attn.pre_proj.weight.zero_()
+        attn.pre_proj.bias.fill_(1.)
+        attn.post_proj.weight.copy_(torch.eye(8))
+        attn.post_proj.bias.zero_()
+    out = attn(torch.randn(1, 13, 13, 8, dtype=torch.float64))[0, ..., 0]
+    assert out[0, 0].item() == pytest.approx(16 / 49)
+    assert out[0, 6].item() == pytest.approx(28 / 49)
+    assert out[6, 6].item() == pytest.approx(1.)
+    assert out[12, 12].item() == pytest.approx(16 / 49)
+
+
+def test_ghost_matrix_handed_to_op_without_batch_copy(monkeypatch):
+    """Spec V6: the (C, k, k) parameter reaches the op itself (no expand to the batch)."""
+    attn = ELSAAttention(12, 3, 7, group_width=4)
+    seen = {}
+    real = elsa_module.ghost_head_aggregate
+
+    def spy(v, a, mul, add, kernel_size, dilation):
+        seen.update(mul=mul, add=add, a=a.shape, v=v.shape)
+        return real(v, a, mul, add, kernel_size, dilation)
+
+    monkeypatch.setattr(elsa_module, 'ghost_head_aggregate', spy)
+    attn(torch.randn(5, 6, 7, 12))
+    assert seen['mul'] is None
+    assert seen['add'] is attn.ghost_head
+    assert seen['a'] == (5, 3, 49, 6, 7) and seen['v'] == (5, 12, 6, 7)
+
+
+def test_ghost_gradient_is_batch_sum():
+    attn = ELSAAttention(8, 2, 3, group_width=4, lam=1, gamma=1.).double()
+    x = torch.randn(3, 4, 5, 8, dtype=torch.float64)
+    attn(x).sum().backward()
+    total = attn.ghost_head.grad.clone()
+    parts = torch.zeros_like(total)
+    for i in range(3):
+        attn.zero_grad()
+        attn(x[i:i + 1]).sum().backward()
+        parts += attn.ghost_head.grad
+    torch.testing.assert_close(total, parts)
+
+
+def test_scale_and_init():
+    assert ELSAAttention(96, 3).scale == 1.
+    assert ELSAAttention(96, 3, qk_scale=None).scale == pytest.approx(32**-0.5)
+    torch.manual_seed(0)
+    s = ELSAAttention(256, 8, 7).ghost_head
+    assert abs(s.std().item() - 0.02) < 0.002 and s.abs().max().item() <= 2.
+    o = ELSAAttention(256, 8, 7, lam=1, gamma=0.).ghost_head
+    assert abs(o.std().item() - 1.) < 0.05
+
+
+@pytest.mark.parametrize('kwargs,error', [
+    (dict(dim=10, num_heads=3), ValueError),
+    (dict(dim=12, num_heads=3, kernel_size=4), ValueError),
+    (dict(dim=12, num_heads=3, dilation=0), ValueError),
+    (dict(dim=12, num_heads=3, lam=0.5), TypeError),
+    (dict(dim=12, num_heads=3, window_size=7), TypeError),  # official silently swallowed it
+])
+def test_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        ELSAAttention(**kwargs)
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match='x must be'):
+        ELSAAttention(12, 3)(torch.randn(1, 12, 5, 5))
+    with pytest.raises(ValueError, match='x must be'):
+        ELSABlock(12, 3)(torch.randn(1, 20, 12), (4, 4))
+
+
+def test_fallback_without_extension_matches_compiled(monkeypatch):
+    """Spec V5: with the extension treated as absent the block runs (forward and backward)
+    through the plain-PyTorch reference and agrees with the compiled op."""
+    from mmattn.ops import ghost_head as ghost_module
+    from mmattn.ops import has_compiled_ops
+    torch.manual_seed(0)
+    block = ELSABlock(16, 2, kernel_size=7, group_width=4).double()
+    assert block.attn.dim_qk == 12  # floor(16 / 3) * 2 = 10, rounded up to the group width
+    _randomise(block)
+    x = torch.randn(2, 6 * 9, 16, dtype=torch.float64, requires_grad=True)
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(ghost_module, 'has_compiled_ops', lambda: False)
+        elif not has_compiled_ops():
+            continue
+        block.zero_grad()
+        x.grad = None
+        out = block(x, (6, 9))
+        out.pow(2).sum().backward()
+        results.append((out.detach(), x.grad.clone(), block.attn.ghost_head.grad.clone()))
+    assert len(results) >= 1
+    ref = reference_block(x.detach(), (6, 9), block.state_dict(), heads=2, k=7, dim_qk=12,
+                          group_width=4, scale=1., lam=0, gamma=1.)
+    for out, _, _ in results:
+        torch.testing.assert_close(out, ref)
+    if len(results) == 2:
+        torch.testing.assert_close(results[0][1], results[1][1])
+        torch.testing.assert_close(results[0][2], results[1][2])
+
+
+def test_autocast_bfloat16_follows_value_dtype():
+    """Spec O2: under autocast the op gets one dtype (v's) and the result stays close to fp32."""
+    torch.manual_seed(0)
+    attn = ELSAAttention(16, 2, 7, group_width=4)
+    x = torch.randn(2, 8, 9, 16)
+    ref = attn(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = attn(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
