@@ -5,10 +5,12 @@
 """
 from typing import Dict
 
+from .elsa_swin import ELSASwin
 from .sasa_resnet import SASAResNet
 
 BACKBONES: Dict[str, type] = {
+    'ELSASwin': ELSASwin,
     'SASAResNet': SASAResNet,
 }
 
-__all__ = ['BACKBONES', 'SASAResNet']
+__all__ = ['BACKBONES', 'ELSASwin', 'SASAResNet']
