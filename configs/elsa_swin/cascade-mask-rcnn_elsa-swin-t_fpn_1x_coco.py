@@ -1,0 +1,36 @@
+# Cascade Mask R-CNN 1x with ELSA-Swin-T (official cascade_elsa_tiny_1x: 49.8 / 43.0): mmdet's
+# Cascade Mask R-CNN with the Swin detection repository's heads (4 shared convs + 1 fc with
+# SyncBN, decoded-box GIoU loss of weight 10), drop_path 0.0, the ELSA COCO recipe.
+_base_ = [
+    'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_instance.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::_base_/default_runtime.py',
+    './_base_/elsa-swin_coco.py',
+]
+custom_imports = dict(imports=['mmattn.det'], allow_failed_imports=False)
+
+
+def _stage(stds):
+    return dict(
+        type='ConvFCBBoxHead', num_shared_convs=4, num_shared_fcs=1, in_channels=256,
+        conv_out_channels=256, fc_out_channels=1024, roi_feat_size=7, num_classes=80,
+        bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
+                        target_stds=stds),
+        reg_class_agnostic=False, reg_decoded_bbox=True,
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+        loss_bbox=dict(type='GIoULoss', loss_weight=10.0))
+
+
+model = dict(
+    backbone=dict(_delete_=True, type='ELSASwin', arch='t', drop_path_rate=0.0,
+                  out_indices=(0, 1, 2, 3), init_cfg=None),
+    neck=dict(in_channels=[96, 192, 384, 768]),
+    roi_head=dict(bbox_head=[_stage([0.1, 0.1, 0.2, 0.2]), _stage([0.05, 0.05, 0.1, 0.1]),
+                             _stage([0.033, 0.033, 0.067, 0.067])]))
+del _stage
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline={{_base_.elsa_train_pipeline}}))
+optim_wrapper = {{_base_.elsa_optim_wrapper}}
+param_scheduler = {{_base_.elsa_schedule_1x}}
+train_cfg = dict(max_epochs=12)
