@@ -18,7 +18,7 @@ sys.path.insert(0, ROOT)
 
 from mmattn.utils.tools import build_runner, enable_visualization, load_config  # noqa: E402
 
-DEMO_CONFIG = osp.join(ROOT, 'configs', 'toy', 'mask-rcnn_r18_fpn_toy-shapes.py')
+DEMO_CONFIG = osp.join(ROOT, 'configs', 'toy', 'mask-rcnn_elsa-swin-toy_fpn_toy-shapes.py')
 
 
 def main(argv=None) -> dict:

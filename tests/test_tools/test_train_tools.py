@@ -24,6 +24,8 @@ SEG = osp.join(TOY, 'upernet_r18_toy-shapes-128x128.py')
 CLS = osp.join(TOY, 'resnet18_toy-shapes.py')
 SASA_DET = osp.join(TOY, 'mask-rcnn_sasa-resnet-26-w16_fpn_toy-shapes.py')
 SASA_SEG = osp.join(TOY, 'sasa-resnet-26-w16_upernet_toy-shapes-128x128.py')
+ELSA_DET = osp.join(TOY, 'mask-rcnn_elsa-swin-toy_fpn_toy-shapes.py')
+ELSA_SEG = osp.join(TOY, 'elsa-swin-toy_upernet_toy-shapes-128x128.py')
 
 
 def short_schedule(iters: int, ckpt_interval: int = 1) -> list:
@@ -75,7 +77,10 @@ def last_scalars(work_dir) -> dict:
     (CLS, ('accuracy/top1', )),
     (SASA_DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
     (SASA_SEG, ('mIoU', )),
-], ids=['detection', 'segmentation', 'classification', 'sasa-detection', 'sasa-segmentation'])
+    (ELSA_DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
+    (ELSA_SEG, ('mIoU', )),
+], ids=['detection', 'segmentation', 'classification', 'sasa-detection', 'sasa-segmentation',
+        'elsa-detection', 'elsa-segmentation'])
 def test_train_and_evaluate(workspace, tmp_path, config, keys):
     train(config, tmp_path, workspace, *short_schedule(2))
     metrics = last_scalars(tmp_path)
@@ -193,3 +198,14 @@ def test_mim_train(workspace, tmp_path):
         workspace)
     assert osp.isfile(tmp_path / 'iter_2.pth')
     assert 'coco/bbox_mAP' in last_scalars(tmp_path)
+
+
+def test_demo_smoke(workspace, tmp_path):
+    """`make demo`'s script on its default (ELSA-Swin) config, shortened to 2 iterations."""
+    proc = run([sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--max-iters', '2',
+                '--work-dir', str(tmp_path), '--data-root', str(workspace / 'data' / 'toy')],
+               workspace)
+    assert 'mask-rcnn_elsa-swin-toy_fpn_toy-shapes.py' in proc.stdout
+    assert re.search(r'\[demo\] bbox mAP \d\.\d{3} \| segm mAP \d\.\d{3} \| [1-9]\d* pictures',
+                     proc.stdout), proc.stdout[-2000:]
+    assert glob.glob(str(tmp_path / 'vis' / '**' / '*.png'), recursive=True)
