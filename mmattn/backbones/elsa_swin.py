@@ -11,7 +11,7 @@ Module names follow the official layout (``patch_embed.proj``, ``layers.i.blocks
 ``relative_position_bias_table``). ``tools/model_converters/elsa2mmattn.py`` converts official
 checkpoints.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -212,6 +212,12 @@ class ELSASwin(BaseModule):
                 m.reset_ghost_head()
             elif isinstance(m, WindowMSA):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=.02)
+
+    def no_weight_decay(self) -> Set[str]:
+        """Names of the position tables, which Swin recipes exempt from weight decay (timm's
+        convention; OpenMMLab configs use ``custom_keys`` on the same name)."""
+        return {name for name, _ in self.named_parameters()
+                if name.endswith('relative_position_bias_table')}
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:

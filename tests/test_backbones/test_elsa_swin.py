@@ -150,6 +150,12 @@ def test_small_map_shift_rule():
     torch.testing.assert_close(cls_mode(x, (10, 10)), shifted(x, (10, 10)))
 
 
+def test_no_weight_decay_lists_the_tables():
+    model = ELSASwin(SMALL)
+    assert model.no_weight_decay() == {'layers.3.blocks.0.attn.relative_position_bias_table',
+                                       'layers.3.blocks.1.attn.relative_position_bias_table'}
+
+
 def test_drop_path_is_linear_over_all_blocks():
     model = ELSASwin(SMALL, drop_path_rate=0.3)
     rates = [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.
