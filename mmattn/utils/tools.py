@@ -26,13 +26,19 @@ def add_common_args(parser) -> None:
 
 def load_config(config: str, cfg_options: Optional[dict], launcher: str,
                 work_dir: Optional[str]) -> Config:
-    """Reads ``config``, applies ``--cfg-options``, the launcher and the work dir."""
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config file not found: {config}')
+    """Reads ``config`` (a file, or ``codebase::path`` for a stock config such as
+    ``mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``), applies ``--cfg-options``, the
+    launcher and the work dir."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = '0'
     allow_mmengine_checkpoints()
-    cfg = Config.fromfile(config)
+    if '::' in config and not osp.isfile(config):
+        from mmengine.hub import get_config
+        cfg = get_config(config)
+    elif not osp.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config}')
+    else:
+        cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher

@@ -18,11 +18,8 @@ Examples::
 import argparse
 import json
 import os.path as osp
-import os
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List
 
@@ -32,6 +29,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,  # noqa: E402
                         has_compiled_ops, na2d, na2d_reference)
+from mmattn.utils.benchmark import cpu_memory_env, median_seconds, peak_mib  # noqa: E402
 
 
 @dataclass
@@ -83,63 +81,6 @@ CASES = {
 }
 
 
-class PeakMemory:
-    """Peak memory growth of the block, in MiB."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    @staticmethod
-    def _status(field: str) -> int:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f'{field} not in /proc/self/status')
-
-    def __enter__(self) -> 'PeakMemory':
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')  # resets VmHWM to the current RSS
-            self.base = self._status('VmRSS')
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = self._status('VmHWM')
-        self.mib = max(peak - self.base, 0) / 2**20
-
-
-def median_seconds(fn: Callable[[], None], device: torch.device, warmup: int,
-                   repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_mib(fn: Callable[[], None], device: torch.device) -> float:
-    fn()  # first call: lazy initialisation is not the op's memory
-    with PeakMemory(device) as mem:
-        fn()
-    return mem.mib
-
-
 @dataclass
 class Row:
     case: str
@@ -174,10 +115,9 @@ def probe_memory(key: str, impl: str, device: torch.device, dtype: torch.dtype) 
     """Peak MiB of (forward, forward+backward); on CPU in a child process (see module doc)."""
     if device.type == 'cuda':
         return [peak_mib(fn, device) for fn in workloads(CASES[key], impl, device, dtype)]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
     out = subprocess.run([sys.executable, __file__, '--memory-probe', key, impl, '--device',
                           str(device), '--dtype', str(dtype).replace('torch.', '')],
-                         env=env, check=True, capture_output=True, text=True).stdout
+                         env=cpu_memory_env(), check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
