@@ -30,7 +30,7 @@ model = dict(
     roi_head=dict(bbox_head=[_stage([0.1, 0.1, 0.2, 0.2]), _stage([0.05, 0.05, 0.1, 0.1]),
                              _stage([0.033, 0.033, 0.067, 0.067])]))
 del _stage
-train_dataloader = dict(batch_size=2, dataset=dict(pipeline={{_base_.elsa_train_pipeline}}))
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline={{_base_.ms_crop_train_pipeline}}))
 optim_wrapper = {{_base_.elsa_optim_wrapper}}
 param_scheduler = {{_base_.elsa_schedule_1x}}
 train_cfg = dict(max_epochs=12)

@@ -5,7 +5,7 @@ _base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', './_base_/elsa-sw
 custom_imports = dict(imports=['mmattn.det'], allow_failed_imports=False)
 
 model = dict(backbone={{_base_.elsa_backbone}}, neck=dict(in_channels=[96, 192, 384, 768]))
-train_dataloader = dict(batch_size=2, dataset=dict(pipeline={{_base_.elsa_train_pipeline}}))
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline={{_base_.ms_crop_train_pipeline}}))
 optim_wrapper = {{_base_.elsa_optim_wrapper}}
 param_scheduler = {{_base_.elsa_schedule_1x}}
 train_cfg = dict(max_epochs=12)

@@ -20,6 +20,8 @@ from mmengine.model import BaseModule
 
 from mmattn.layers import ELSAAttention, ELSABlock, SwinBlock, WindowMSA
 
+from ._checks import check_stage_args
+
 
 class PatchEmbed(nn.Module):
     """``patch x patch`` stride-``patch`` convolution and LayerNorm; pads right/bottom first."""
@@ -128,12 +130,7 @@ class ELSASwin(BaseModule):
                  with_cp: bool = False, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
-        out_indices = tuple(out_indices)
-        if not out_indices or any(not isinstance(i, int) or not 0 <= i < 4 for i in out_indices):
-            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), '
-                             f'got {out_indices!r}')
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+        out_indices = check_stage_args(out_indices, frozen_stages)
         self.arch, self.out_indices, self.frozen_stages = arch, out_indices, frozen_stages
         embed, depths, heads = arch['embed_dims'], arch['depths'], arch['num_heads']
         dim_qk = arch.get('dim_qk') or (None, ) * 3

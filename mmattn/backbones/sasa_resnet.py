@@ -18,6 +18,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmattn.layers import SASAAttention, SASAStem
 
+from ._checks import check_stage_args
+
 
 class SASABottleneck(BaseModule):
     """1x1 reduce -> SA(k, heads) [-> 2x2 avg-pool] -> 1x1 expand, with the residual.
@@ -121,12 +123,7 @@ class SASAResNet(BaseModule):
             raise ValueError(f'stem must be one of {self.stems}, got {stem!r}')
         if len(attn_stages) != 4:
             raise ValueError(f'attn_stages needs 4 entries (one per stage), got {attn_stages!r}')
-        out_indices = tuple(out_indices)
-        if not out_indices or any(not isinstance(i, int) or not 0 <= i < 4 for i in out_indices):
-            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), '
-                             f'got {out_indices!r}')
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+        out_indices = check_stage_args(out_indices, frozen_stages)
         self.depth, self.out_indices = depth, out_indices
         self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
         self.zero_init_residual = zero_init_residual

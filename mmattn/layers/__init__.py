@@ -1,7 +1,8 @@
 """nn.Modules built on mmattn's ops; layers never import backbones."""
-from .elsa_attention import ELSAAttention, ELSABlock, Mlp, round_dim_qk
+from .blocks import Mlp, TokenBlock
+from .elsa_attention import ELSAAttention, ELSABlock, round_dim_qk
 from .sasa_attention import SASAAttention, SASAStem
 from .window_attention import SwinBlock, WindowMSA, shifted_window_attention
 
-__all__ = ['ELSAAttention', 'ELSABlock', 'Mlp', 'round_dim_qk', 'SASAAttention', 'SASAStem',
-           'SwinBlock', 'WindowMSA', 'shifted_window_attention']
+__all__ = ['ELSAAttention', 'ELSABlock', 'Mlp', 'TokenBlock', 'round_dim_qk', 'SASAAttention',
+           'SASAStem', 'SwinBlock', 'WindowMSA', 'shifted_window_attention']

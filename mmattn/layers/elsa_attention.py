@@ -16,10 +16,11 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 
 from mmattn.ops import ghost_head_aggregate
+
+from .blocks import Mlp, TokenBlock
 
 
 def round_dim_qk(dim: int, dim_qk: Optional[int], group_width: int) -> int:
@@ -150,21 +151,7 @@ class ELSAAttention(nn.Module):
                 f'scale={self.scale:g}')
 
 
-class Mlp(nn.Module):
-    """``fc1 -> GELU -> Dropout -> fc2 -> Dropout`` (timm's ``Mlp``; official key names)."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class ELSABlock(nn.Module):
+class ELSABlock(TokenBlock):
     """Pre-norm ELSA block on tokens ``(B, H*W, C)`` of a map of size ``hw_shape``.
 
     Args:
@@ -194,11 +181,3 @@ class ELSABlock(nn.Module):
         y = self.attn(self.norm1(x).view(b, hw_shape[0], hw_shape[1], c)).view(b, n, c)
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[1] != hw_shape[0] * hw_shape[1]:
-            raise ValueError(f'x must be (B, {hw_shape[0]}*{hw_shape[1]}, C), '
-                             f'got {tuple(x.shape)}')
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._inner, x, hw_shape, use_reentrant=False)
-        return self._inner(x, hw_shape)

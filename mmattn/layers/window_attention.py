@@ -15,10 +15,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 
-from .elsa_attention import Mlp
+from .blocks import Mlp, TokenBlock
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -128,7 +127,7 @@ def shifted_window_attention(x: torch.Tensor, attn: WindowMSA, shift: int) -> to
     return x[:, :h, :w].contiguous()
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(TokenBlock):
     """Pre-norm Swin block on tokens ``(B, H*W, C)``; odd blocks use ``shift = window // 2``.
 
     Args:
@@ -170,11 +169,3 @@ class SwinBlock(nn.Module):
                                      self.attn, shift)
         x = x + self.drop_path(y.view(b, n, c))
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[1] != hw_shape[0] * hw_shape[1]:
-            raise ValueError(f'x must be (B, {hw_shape[0]}*{hw_shape[1]}, C), '
-                             f'got {tuple(x.shape)}')
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._inner, x, hw_shape, use_reentrant=False)
-        return self._inner(x, hw_shape)
