@@ -1,26 +1,19 @@
 """The toy configs load, build their model and datasets, and take one training step on toy data."""
-import glob
 import importlib
 import importlib.util
 import os.path as osp
+import sys
 
 import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'toy', '*.py')))
+sys.path.insert(0, osp.join(ROOT, 'tests', 'test_tools'))
+from _toy import scope_of, toy_configs  # noqa: E402
+
+CONFIGS = sorted(toy_configs())
 ADAPTERS = {'mmdet': 'mmattn.det', 'mmseg': 'mmattn.seg', 'mmpretrain': 'mmattn.cls'}
 # which part of the toy data each codebase reads, relative to the toy root
 PARTS = {'mmdet': 'coco', 'mmseg': 'ade', 'mmpretrain': 'cls'}
-# the codebase each config belongs to, from the model named in its file name (importorskip
-# before parsing it, because the `mmdet::` style bases need the codebase installed)
-SCOPES = {'mask-rcnn': 'mmdet', 'upernet': 'mmseg', 'resnet18_': 'mmpretrain'}
-
-
-def _scope_of(path: str) -> str:
-    name = osp.basename(path)
-    return next(scope for key, scope in SCOPES.items() if key in name)
-
-
 @pytest.fixture(scope='module')
 def toy_root(tmp_path_factory):
     spec = importlib.util.spec_from_file_location(
@@ -35,12 +28,12 @@ def toy_root(tmp_path_factory):
 
 def test_every_toy_config_is_covered():
     assert len(CONFIGS) >= 3
-    assert all(_scope_of(p) for p in CONFIGS)
+    assert {scope_of(p) for p in CONFIGS} == set(ADAPTERS)
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=[osp.basename(p) for p in CONFIGS])
 def test_toy_config_builds_and_trains_one_step(path, toy_root):
-    scope = _scope_of(path)
+    scope = scope_of(path)
     pytest.importorskip(scope)
     import torch
     from mmengine.config import Config

@@ -4,14 +4,12 @@ Each run trains a few iterations from random initialisation on a tiny generated 
 tests check the evaluation metrics, checkpoints, resumption and the tools' outputs, not accuracy.
 """
 import glob
-import json
 import os
 import os.path as osp
 import pickle
 import re
 import shutil
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -22,66 +20,19 @@ TOY = osp.join(ROOT, 'configs', 'toy')
 DET = osp.join(TOY, 'mask-rcnn_r18_fpn_toy-shapes.py')
 SEG = osp.join(TOY, 'upernet_r18_toy-shapes-128x128.py')
 CLS = osp.join(TOY, 'resnet18_toy-shapes.py')
-SASA_DET = osp.join(TOY, 'mask-rcnn_sasa-resnet-26-w16_fpn_toy-shapes.py')
-SASA_SEG = osp.join(TOY, 'sasa-resnet-26-w16_upernet_toy-shapes-128x128.py')
-ELSA_DET = osp.join(TOY, 'mask-rcnn_elsa-swin-toy_fpn_toy-shapes.py')
-ELSA_SEG = osp.join(TOY, 'elsa-swin-toy_upernet_toy-shapes-128x128.py')
+
+from _toy import last_scalars, run, short_schedule, toy_configs, train  # noqa: E402
+
+# every toy config trains 2 iterations through tools/train.py and evaluates; the metrics
+# expected of each codebase
+METRICS = {'mmdet': ('coco/bbox_mAP', ), 'mmseg': ('mIoU', ), 'mmpretrain': ('accuracy/top1', )}
+TOY_CONFIGS = toy_configs()
 
 
-def short_schedule(iters: int, ckpt_interval: int = 1) -> list:
-    return ['--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-            f'default_hooks.checkpoint.interval={ckpt_interval}',
-            'default_hooks.logger.interval=1']
-
-
-@pytest.fixture(scope='module')
-def workspace(tmp_path_factory):
-    """A directory with data/toy (tiny) in which the configs' relative paths resolve."""
-    pytest.importorskip('mmdet')
-    root = tmp_path_factory.mktemp('toy')
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'dataset_converters'))
-    from make_toy_shapes import make_toy_shapes
-    make_toy_shapes(str(root / 'data' / 'toy'), seed=1, img_size=96, num_train=8, num_val=4,
-                    cls_img_size=32, cls_num_train=4, cls_num_val=2)
-    return root
-
-
-def run(args, cwd, check=True, timeout=600, env=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})))
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{" ".join(map(str, args))} failed ({proc.returncode}):\n'
-                             f'{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}')
-    return proc
-
-
-def train(config, work_dir, cwd, *extra, **kwargs):
-    return run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
-                str(work_dir), *extra], cwd, **kwargs)
-
-
-def last_scalars(work_dir) -> dict:
-    """The last logged metrics of a run (mmengine's vis_data/scalars.json)."""
-    logs = sorted(glob.glob(osp.join(str(work_dir), '*', 'vis_data', 'scalars.json')))
-    assert logs, f'no scalars.json under {work_dir}'
-    metrics = {}
-    with open(logs[-1]) as f:
-        for line in f:
-            metrics.update(json.loads(line))
-    return metrics
-
-
-@pytest.mark.parametrize('config, keys', [
-    (DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
-    (SEG, ('mIoU', )),
-    (CLS, ('accuracy/top1', )),
-    (SASA_DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
-    (SASA_SEG, ('mIoU', )),
-    (ELSA_DET, ('coco/bbox_mAP', 'coco/segm_mAP')),
-    (ELSA_SEG, ('mIoU', )),
-], ids=['detection', 'segmentation', 'classification', 'sasa-detection', 'sasa-segmentation',
-        'elsa-detection', 'elsa-segmentation'])
-def test_train_and_evaluate(workspace, tmp_path, config, keys):
+@pytest.mark.parametrize('config', sorted(TOY_CONFIGS), ids=osp.basename)
+def test_train_and_evaluate(workspace, tmp_path, config):
+    scope = TOY_CONFIGS[config]
+    keys = METRICS[scope] + (('coco/segm_mAP', ) if 'mask-rcnn' in osp.basename(config) else ())
     train(config, tmp_path, workspace, *short_schedule(2))
     metrics = last_scalars(tmp_path)
     for key in keys:
