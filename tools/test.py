@@ -10,11 +10,14 @@ Examples::
 import argparse
 import os.path as osp
 import sys
+import warnings
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+# setuptools' notice, raised once per importing package of the stack: nothing a user can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
 from mmattn.utils.tools import (add_common_args, build_runner,  # noqa: E402
-                                enable_visualization, load_config)
+                                checked_checkpoint, enable_visualization, load_config)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,10 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    cfg.load_from = args.checkpoint
+    cfg.load_from = checked_checkpoint(args.checkpoint, 'the', resume=False)
     if args.show or args.show_dir:
         enable_visualization(cfg, args.show_dir, args.show, args.wait_time)
     runner = build_runner(cfg)

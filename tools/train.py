@@ -10,10 +10,14 @@ Examples::
 import argparse
 import os.path as osp
 import sys
+import warnings
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+# setuptools' notice, raised once per importing package of the stack: nothing a user can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-from mmattn.utils.tools import (add_common_args, build_runner, load_config,  # noqa: E402
+from mmattn.utils.tools import (add_common_args, auto_resume_checkpoint,  # noqa: E402
+                                build_runner, checked_checkpoint, load_config,
                                 require_accelerator_for_amp)
 
 
@@ -51,16 +55,19 @@ def main(argv=None) -> None:
                              'base_batch_size=...)` in the config')
         cfg.auto_scale_lr.enable = True
 
+    # resumption verifies the checkpoint first (see README, "Fault tolerance"): without a path
+    # the newest intact one, with a path that one or a one-line error
+    warnings = []
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = auto_resume_checkpoint(cfg.work_dir, warnings)
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume checkpoint not found: {args.resume}')
         cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = checked_checkpoint(args.resume, '--resume', True, cfg.work_dir)
 
     runner = build_runner(cfg)
+    for message in warnings:
+        runner.logger.warning(message)
     runner.train()
 
 

@@ -5,7 +5,13 @@ register them all.
 """
 from typing import Dict
 
-HOOKS: Dict[str, type] = {}
+from .safe_checkpoint import SafeCheckpointHook
+
+HOOKS: Dict[str, type] = {
+    'SafeCheckpointHook': SafeCheckpointHook,
+    # the stock name too, so that default_hooks.checkpoint of every config is crash-safe
+    'CheckpointHook': SafeCheckpointHook,
+}
 OPTIM_WRAPPER_CONSTRUCTORS: Dict[str, type] = {}
 
-__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS']
+__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'SafeCheckpointHook']

@@ -1,7 +1,9 @@
 """Shared set-up of ``tools/train.py`` and ``tools/test.py`` for mmdet, mmseg and mmpretrain configs."""
 import os
 import os.path as osp
-from typing import Optional
+import re
+import sys
+from typing import List, Optional
 
 from mmengine.config import Config, DictAction
 
@@ -47,6 +49,7 @@ def load_config(config: str, cfg_options: Optional[dict], launcher: str,
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     import_adapter(cfg)
+    ensure_toy_data(cfg)
     return cfg
 
 
@@ -118,3 +121,81 @@ def enable_visualization(cfg: Config, show_dir: Optional[str], show: bool = Fals
         else:  # mmseg saves through the visualizer
             cfg.visualizer.save_dir = show_dir
             hook.interval = 1
+
+
+def _fail(message: str) -> None:
+    """Ends a tool with one clear error line (no traceback)."""
+    raise SystemExit(f'{osp.basename(sys.argv[0]) or "mmattn"}: error: {message}')
+
+
+def checked_checkpoint(path: str, what: str, resume: bool, work_dir: Optional[str] = None) -> str:
+    """Returns ``path`` when the checkpoint is intact (for ``resume``, with the keys
+    ``Runner.resume`` reads), else ends the tool with one error line naming the file, the problem
+    and, for resumption, the intact checkpoints beside it and in ``work_dir``."""
+    from .safe_io import RESUME_KEYS, checkpoint_problem, intact_checkpoints
+    if '://' in path:  # URLs and remote backends are mmengine's to fetch
+        return path
+    problem = checkpoint_problem(path, RESUME_KEYS if resume else ())
+    if problem is None:
+        return path
+    message = f'{what} checkpoint {path} is unusable: {problem}.'
+    if resume:
+        folders = dict.fromkeys(osp.abspath(d) for d in (osp.dirname(path) or '.', work_dir)
+                                if d is not None and osp.isdir(d))
+        intact = [p for d in folders for p in intact_checkpoints(d)]
+        where = ' and '.join(folders) or osp.dirname(osp.abspath(path))
+        message += (f' Intact checkpoints: {", ".join(intact)}' if intact else
+                    f' No intact checkpoint is in {where}.')
+    _fail(message)
+
+
+def auto_resume_checkpoint(work_dir: str, warnings: List[str]) -> Optional[str]:
+    """What ``--resume`` without a path continues from (see
+    :func:`mmattn.utils.safe_io.resumable_checkpoint`); warnings go to ``warnings``."""
+    from types import SimpleNamespace
+
+    from .safe_io import NoResumableCheckpoint, resumable_checkpoint
+    try:
+        return resumable_checkpoint(work_dir, SimpleNamespace(warning=warnings.append))
+    except NoResumableCheckpoint as e:
+        _fail(str(e))
+
+
+# toy data folders of the configs in configs/toy (``data/toy/<part>``) and the part to make
+_TOY_ROOT = re.compile(r'(?:^|/)data/toy/(coco|ade|cls)/?$')
+
+
+def ensure_toy_data(cfg: Config) -> None:
+    """Makes the toy shapes data a toy config reads when it does not exist yet (deterministic,
+    seconds; ``tools/dataset_converters/make_toy_shapes.py`` with its defaults), or ends with the
+    command that makes it when the generator is not available (installed without the tools)."""
+    needed = {}
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        data_root = ((cfg.get(loader) or {}).get('dataset') or {}).get('data_root')
+        match = _TOY_ROOT.search(str(data_root or '').replace(osp.sep, '/'))
+        if match and not osp.isdir(data_root):
+            needed[match.group(1)] = osp.dirname(osp.normpath(data_root))
+    if not needed:
+        return
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    script = osp.join(root, 'tools', 'dataset_converters', 'make_toy_shapes.py')
+    for part, out in sorted(needed.items()):
+        command = f'python tools/dataset_converters/make_toy_shapes.py --out {out} --parts {part}'
+        if not osp.isfile(script):
+            _fail(f'the toy data {osp.join(out, part)} does not exist; make it with `{command}` '
+                  'from an mmattn checkout')
+        import fcntl
+        import importlib.util
+
+        from mmengine.logging import print_log
+        os.makedirs(out, exist_ok=True)
+        with open(osp.join(out, f'.{part}.lock'), 'w') as lock:  # one maker per machine
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if osp.isdir(osp.join(out, part)):
+                continue
+            print_log(f'toy data {osp.join(out, part)} not found: making it (`{command}`)',
+                      logger='current')
+            spec = importlib.util.spec_from_file_location('make_toy_shapes', script)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.make_toy_shapes(out, parts=(part, ))
