@@ -89,8 +89,8 @@ if [[ ! -f "$mmcv_stamp" ]] || \
 fi
 "$PY" -c "import mmcv; from mmcv.ops import nms; print('      mmcv', mmcv.__version__, 'with ops')"
 
-step 5 "OpenMMLab stack and test tools (requirements/runtime.txt, tests.txt)"
-stamp="$VENV/.mmattn-reqs-$(hash_of "$ROOT/requirements/runtime.txt" "$ROOT/requirements/tests.txt" "$ROOT/requirements/constraints.txt")"
+step 5 "OpenMMLab stack, test and deployment tools (requirements/runtime.txt, tests.txt, deploy.txt)"
+stamp="$VENV/.mmattn-reqs-$(hash_of "$ROOT/requirements/runtime.txt" "$ROOT/requirements/tests.txt" "$ROOT/requirements/deploy.txt" "$ROOT/requirements/constraints.txt")"
 if [[ ! -f "$stamp" ]]; then
   "${PIP[@]}" install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
   touch "$stamp"

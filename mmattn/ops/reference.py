@@ -36,31 +36,52 @@ def window_taps(length: int, kernel_size: int, dilation: int, border: str,
     return keys.clamp(0, length - 1), valid, offset
 
 
+def _windows(length_h: int, length_w: int, kernel_size: int, dilation: int, border: str,
+             device: torch.device):
+    """Row/column key indices, validity mask and bias offsets of every ``k x k`` window."""
+    ki, vi, oi = window_taps(length_h, kernel_size, dilation, border, device)
+    kj, vj, oj = window_taps(length_w, kernel_size, dilation, border, device)
+    rows, cols = ki[:, None, :, None], kj[None, :, None, :]
+    valid = vi[:, None, :, None] & vj[None, :, None, :]
+    return rows, cols, valid, (oi[:, None, :, None], oj[None, :, None, :])
+
+
+def na2d_qk_reference(q: torch.Tensor, k: torch.Tensor, kernel_size: int, dilation: int = 1,
+                      border: str = 'mask', rpb: Optional[torch.Tensor] = None,
+                      rpe: Optional[torch.Tensor] = None,
+                      scale: Optional[float] = None) -> torch.Tensor:
+    """The ``(B, heads, H, W, k*k)`` logits of :func:`mmattn.ops.na2d` (``-inf`` at taps outside
+    the image in ``'mask'`` mode), before any ``bias``."""
+    B, heads, H, W, D = q.shape
+    scale = D**-0.5 if scale is None else scale
+    rows, cols, valid, (oi, oj) = _windows(H, W, kernel_size, dilation, border, q.device)
+    keys = k[:, :, rows, cols]  # (B, heads, H, W, k, k, D): the keys of every window
+    if rpe is not None:
+        keys = keys + rpe[:, None, None]
+    logits = scale * torch.einsum('nhijd,nhijabd->nhijab', q, keys)
+    if rpb is not None:
+        logits = logits + rpb[:, oi, oj]
+    return logits.masked_fill(~valid, float('-inf')).flatten(-2)
+
+
+def na2d_av_reference(attn: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int = 1,
+                      border: str = 'mask') -> torch.Tensor:
+    """``sum_slots attn * v[window]``: the aggregation of :func:`mmattn.ops.na2d`."""
+    B, heads, H, W, D = v.shape
+    rows, cols, valid, _ = _windows(H, W, kernel_size, dilation, border, v.device)
+    attn = attn.view(B, heads, H, W, kernel_size, kernel_size).masked_fill(~valid, 0.)
+    return torch.einsum('nhijab,nhijabd->nhijd', attn, v[:, :, rows, cols])
+
+
 def na2d_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,
                    dilation: int = 1, border: str = 'mask', rpb: Optional[torch.Tensor] = None,
                    rpe: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
                    scale: Optional[float] = None) -> torch.Tensor:
     """Neighbourhood attention by gathering every window (see :func:`mmattn.ops.na2d`)."""
-    B, heads, H, W, D = q.shape
-    ks = kernel_size
-    scale = D**-0.5 if scale is None else scale
-    ki, vi, oi = window_taps(H, ks, dilation, border, q.device)
-    kj, vj, oj = window_taps(W, ks, dilation, border, q.device)
-    # (B, heads, H, W, k, k, D): the keys and values of every window
-    rows, cols = ki[:, None, :, None], kj[None, :, None, :]
-    keys = k[:, :, rows, cols]
-    values = v[:, :, rows, cols]
-    if rpe is not None:
-        keys = keys + rpe[:, None, None]
-    logits = scale * torch.einsum('nhijd,nhijabd->nhijab', q, keys)
-    if rpb is not None:
-        logits = logits + rpb[:, oi[:, None, :, None], oj[None, :, None, :]]
+    logits = na2d_qk_reference(q, k, kernel_size, dilation, border, rpb, rpe, scale)
     if bias is not None:
-        logits = logits + bias.view(B, heads, H, W, ks, ks)
-    valid = vi[:, None, :, None] & vj[None, :, None, :]
-    logits = logits.masked_fill(~valid, float('-inf'))
-    attn = logits.flatten(-2).softmax(-1).view_as(logits)
-    return torch.einsum('nhijab,nhijabd->nhijd', attn, values)
+        logits = logits + bias
+    return na2d_av_reference(logits.softmax(-1), v, kernel_size, dilation, border)
 
 
 def ghost_head_aggregate_reference(v: torch.Tensor, attn: torch.Tensor,

@@ -75,3 +75,19 @@ def peak_mib(fn: Callable[[], None], device: torch.device) -> float:
     with PeakMemory(device) as mem:
         fn()
     return mem.mib
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], None]], warmup: int,
+                        repeats: int) -> Dict[str, float]:
+    """Median wall time of each function, its repeats interleaved with the others' (round
+    ``r`` times every function once), so that machine drift hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, list] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -27,10 +27,11 @@ def add_common_args(parser) -> None:
 
 
 def load_config(config: str, cfg_options: Optional[dict], launcher: str,
-                work_dir: Optional[str]) -> Config:
+                work_dir: Optional[str], need_data: bool = True) -> Config:
     """Reads ``config`` (a file, or ``codebase::path`` for a stock config such as
     ``mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``), applies ``--cfg-options``, the
-    launcher and the work dir."""
+    launcher and the work dir; with ``need_data``, makes missing toy data
+    (:func:`ensure_toy_data`)."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = '0'
     allow_mmengine_checkpoints()
@@ -49,7 +50,8 @@ def load_config(config: str, cfg_options: Optional[dict], launcher: str,
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     import_adapter(cfg)
-    ensure_toy_data(cfg)
+    if need_data:
+        ensure_toy_data(cfg)
     return cfg
 
 
