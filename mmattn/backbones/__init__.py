@@ -6,11 +6,13 @@
 from typing import Dict
 
 from .elsa_swin import ELSASwin
+from .plg_vit import PLGViT
 from .sasa_resnet import SASAResNet
 
 BACKBONES: Dict[str, type] = {
     'ELSASwin': ELSASwin,
     'SASAResNet': SASAResNet,
+    'PLGViT': PLGViT,
 }
 
-__all__ = ['BACKBONES', 'ELSASwin', 'SASAResNet']
+__all__ = ['BACKBONES', 'ELSASwin', 'SASAResNet', 'PLGViT']

@@ -39,11 +39,14 @@ class WindowMSA(nn.Module):
         qk_scale (float, optional): logit scale; None gives ``head_dim ** -0.5``.
         attn_drop (float): dropout on the attention. Defaults to 0.
         proj_drop (float): dropout after ``proj``. Defaults to 0.
+        with_proj (bool): build the output projection ``proj``; False returns the heads'
+            concatenated outputs (a branch whose projection is shared, e.g. PLG-ViT's local
+            branch). Defaults to True.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, attn_drop: float = 0.,
-                 proj_drop: float = 0.) -> None:
+                 proj_drop: float = 0., with_proj: bool = True) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads != 0:
             raise ValueError(f'num_heads ({num_heads}) must be positive and divide dim ({dim})')
@@ -57,7 +60,7 @@ class WindowMSA(nn.Module):
                              persistent=False)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim) if with_proj else nn.Identity()
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
 
@@ -91,6 +94,19 @@ def _shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device)
     return diff.masked_fill(diff != 0, -100.).masked_fill(diff == 0, 0.)
 
 
+def _padding_mask(h: int, w: int, hp: int, wp: int, window: int, shift: int,
+                  device: torch.device) -> torch.Tensor:
+    """``(num_windows, w*w, w*w)`` mask of a map padded from ``h x w`` to ``hp x wp`` (rolled by
+    ``-shift``): -1e4 on the padded keys, 0 elsewhere (finite, so an all-padding query row stays
+    finite; those rows are cropped)."""
+    valid = torch.zeros(1, hp, wp, 1, device=device)
+    valid[:, :h, :w] = 1.
+    if shift > 0:
+        valid = torch.roll(valid, shifts=(-shift, -shift), dims=(1, 2))
+    keys = window_partition(valid, window).reshape(-1, 1, window * window)
+    return ((1. - keys) * -1e4).expand(-1, window * window, -1)
+
+
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """``(B, H, W, C) -> (B * H/w * W/w, w, w, C)``."""
     b, h, w, c = x.shape
@@ -105,11 +121,14 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
 
 
-def shifted_window_attention(x: torch.Tensor, attn: WindowMSA, shift: int) -> torch.Tensor:
+def shifted_window_attention(x: torch.Tensor, attn: WindowMSA, shift: int,
+                             mask_padding: bool = False) -> torch.Tensor:
     """Swin's (shifted-)window attention on a channels-last map ``(B, H, W, C)``.
 
     The map is zero-padded at the bottom/right to multiples of the window, rolled by ``-shift``
     (with the region mask when ``shift > 0``), attended per window, rolled back and cropped.
+    With ``mask_padding`` the padded tokens are also masked out as keys (-1e4 on their logits);
+    by default they take part in the attention as Swin's do.
     """
     b, h, w, c = x.shape
     window = attn.window_size
@@ -120,7 +139,10 @@ def shifted_window_attention(x: torch.Tensor, attn: WindowMSA, shift: int) -> to
     if shift > 0:
         x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         mask = _shift_mask(hp, wp, window, shift, x.device).to(x.dtype)
-    windows = window_partition(x, window).view(-1, window * window, c)
+    if mask_padding and (pad_b or pad_r):
+        pad_mask = _padding_mask(h, w, hp, wp, window, shift, x.device).to(x.dtype)
+        mask = pad_mask if mask is None else mask + pad_mask
+    windows = window_partition(x, window).reshape(-1, window * window, c)
     x = window_reverse(attn(windows, mask).view(-1, window, window, c), window, hp, wp)
     if shift > 0:
         x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))

@@ -1,0 +1,6 @@
+# Cascade Mask R-CNN 3x with LW-PLG-ViT-A: the PLG-ViT-T config with the lw-a backbone (dense LW
+# backbone: no final expansion conv, stage 4 keeps its width), drop_path 0.05.
+_base_ = './cascade-mask-rcnn_plg-vit-t_fpn_ms-crop-3x_coco.py'
+
+model = dict(backbone=dict(arch='lw-a', drop_path_rate=0.05, with_expand=False),
+             neck=dict(in_channels=[64, 96, 160, 224]))
