@@ -5,6 +5,8 @@
 """
 from typing import Dict
 
+from .castling_mvit import CastlingMViT
+from .castling_vit import CastlingViT
 from .elsa_swin import ELSASwin
 from .plg_vit import PLGViT
 from .sasa_resnet import SASAResNet
@@ -13,6 +15,8 @@ BACKBONES: Dict[str, type] = {
     'ELSASwin': ELSASwin,
     'SASAResNet': SASAResNet,
     'PLGViT': PLGViT,
+    'CastlingViT': CastlingViT,
+    'CastlingMViT': CastlingMViT,
 }
 
-__all__ = ['BACKBONES', 'ELSASwin', 'SASAResNet', 'PLGViT']
+__all__ = ['BACKBONES', 'ELSASwin', 'SASAResNet', 'PLGViT', 'CastlingViT', 'CastlingMViT']

@@ -5,13 +5,16 @@ register them all.
 """
 from typing import Dict
 
+from .castling_switch import CastlingSwitchHook
 from .safe_checkpoint import SafeCheckpointHook
 
 HOOKS: Dict[str, type] = {
     'SafeCheckpointHook': SafeCheckpointHook,
     # the stock name too, so that default_hooks.checkpoint of every config is crash-safe
     'CheckpointHook': SafeCheckpointHook,
+    'CastlingSwitchHook': CastlingSwitchHook,
 }
 OPTIM_WRAPPER_CONSTRUCTORS: Dict[str, type] = {}
 
-__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'SafeCheckpointHook']
+__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'CastlingSwitchHook',
+           'SafeCheckpointHook']

@@ -1,0 +1,5 @@
+# Mask R-CNN 3x (multi-scale + crop) with Castling-MViTv2-S: the T config with the small backbone,
+# drop path 0.2.
+_base_ = './mask-rcnn_castling-mvitv2-t_fpn_ms-crop-3x_coco.py'
+
+model = dict(backbone=dict(arch='small', drop_path_rate=0.2))
