@@ -8,6 +8,7 @@ from typing import Dict
 from .castling_mvit import CastlingMViT
 from .castling_vit import CastlingViT
 from .elsa_swin import ELSASwin
+from .lavit import LaViT
 from .plg_vit import PLGViT
 from .sasa_resnet import SASAResNet
 
@@ -17,6 +18,7 @@ BACKBONES: Dict[str, type] = {
     'PLGViT': PLGViT,
     'CastlingViT': CastlingViT,
     'CastlingMViT': CastlingMViT,
+    'LaViT': LaViT,
 }
 
-__all__ = ['BACKBONES', 'ELSASwin', 'SASAResNet', 'PLGViT', 'CastlingViT', 'CastlingMViT']
+__all__ = ['BACKBONES', 'ELSASwin', 'SASAResNet', 'PLGViT', 'CastlingViT', 'CastlingMViT', 'LaViT']

@@ -5,6 +5,7 @@ register them all.
 """
 from typing import Dict
 
+from .aux_loss import BackboneAuxLossHook
 from .castling_switch import CastlingSwitchHook
 from .safe_checkpoint import SafeCheckpointHook
 
@@ -12,9 +13,10 @@ HOOKS: Dict[str, type] = {
     'SafeCheckpointHook': SafeCheckpointHook,
     # the stock name too, so that default_hooks.checkpoint of every config is crash-safe
     'CheckpointHook': SafeCheckpointHook,
+    'BackboneAuxLossHook': BackboneAuxLossHook,
     'CastlingSwitchHook': CastlingSwitchHook,
 }
 OPTIM_WRAPPER_CONSTRUCTORS: Dict[str, type] = {}
 
-__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'CastlingSwitchHook',
-           'SafeCheckpointHook']
+__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'BackboneAuxLossHook',
+           'CastlingSwitchHook', 'SafeCheckpointHook']

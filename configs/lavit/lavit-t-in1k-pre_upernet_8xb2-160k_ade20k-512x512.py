@@ -1,0 +1,33 @@
+# UperNet 160k on ADE20K with mmattn LaViT-T, mmseg's Swin protocol (specs/lavit.md 6.3): UperHead
+# (512 channels, pool scales 1, 2, 3, 6), auxiliary FCNHead on stage 3 (loss weight 0.4), 512x512
+# crops, batch 8 x 2, AdamW lr 6e-5, wd 0.01, 1500-iteration linear warm-up, poly (power 1.0) to
+# 0 at 160k, drop_path 0.1, loss_dp.
+_base_ = [
+    'mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
+    './_base_/lavit_dense.py'
+]
+custom_imports = dict(imports=['mmattn.seg'], allow_failed_imports=False)
+
+crop_size = (512, 512)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    pretrained=None,
+    backbone={{_base_.lavit_backbone}},
+    decode_head=dict(in_channels=[64, 128, 320, 512], channels=512, pool_scales=(1, 2, 3, 6),
+                     num_classes=150),
+    auxiliary_head=dict(in_channels=320, in_index=2, num_classes=150, loss_decode=dict(
+        type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg={{_base_.lavit_paramwise_cfg}})
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
+]
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader

@@ -1,0 +1,4 @@
+# Mask R-CNN 1x with mmattn LaViT-B (the LaViT-T config, drop_path 0.2; specs/lavit.md 6.2).
+_base_ = './mask-rcnn_lavit-t_fpn_1x_coco.py'
+
+model = dict(backbone=dict(arch='b', drop_path_rate=0.2))
