@@ -23,6 +23,7 @@ from mmengine.model import BaseModule
 from mmattn.layers import Mlp, MultiScaleLinearAngularAttention
 from mmattn.layers.linear_angular_attention import pool_tokens
 
+from ._checks import lookup_arch
 from .castling_vit import PatchEmbed, check_attn_args
 
 
@@ -157,17 +158,9 @@ class CastlingMViT(BaseModule):
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict, '
-                                 f'got {arch!r}')
-            return dict(cls.arch_zoo[arch.lower()])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = {'embed_dims', 'num_layers', 'num_heads', 'downscale_indices'}
-        if set(arch) != required:
-            raise ValueError(f'a custom arch needs exactly the keys {sorted(required)}; '
-                             f'missing {sorted(required - set(arch))}, '
-                             f'unknown {sorted(set(arch) - required)}')
+            return lookup_arch(arch, cls.arch_zoo, ())
+        arch = lookup_arch(arch, cls.arch_zoo,
+                           ('embed_dims', 'num_layers', 'num_heads', 'downscale_indices'))
         idx = tuple(arch['downscale_indices'])
         if len(idx) != cls.num_scales - 1 or list(idx) != sorted(set(idx)) or \
                 not 0 < idx[0] or idx[-1] >= arch['num_layers']:

@@ -26,6 +26,8 @@ from mmengine.model import BaseModule
 
 from mmattn.layers import LinearAngularAttention
 
+from ._checks import lookup_arch
+
 
 def resize_pos_embed(pos_embed: torch.Tensor, src_shape: Tuple[int, int],
                      dst_shape: Tuple[int, int], mode: str = 'bicubic',
@@ -208,17 +210,9 @@ class CastlingViT(BaseModule):
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict, '
-                                 f'got {arch!r}')
-            return dict(cls.arch_zoo[arch.lower()])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = {'embed_dims', 'num_layers', 'num_heads', 'feedforward_channels'}
-        if set(arch) != required:
-            raise ValueError(f'a custom arch needs exactly the keys {sorted(required)}; '
-                             f'missing {sorted(required - set(arch))}, '
-                             f'unknown {sorted(set(arch) - required)}')
+            return lookup_arch(arch, cls.arch_zoo, ())
+        arch = lookup_arch(arch, cls.arch_zoo,
+                           ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels'))
         if arch['embed_dims'] % arch['num_heads']:
             raise ValueError(f"arch['num_heads'] ({arch['num_heads']}) must divide "
                              f"arch['embed_dims'] ({arch['embed_dims']})")

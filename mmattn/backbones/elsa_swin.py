@@ -20,7 +20,7 @@ from mmengine.model import BaseModule
 
 from mmattn.layers import ELSAAttention, ELSABlock, SwinBlock, WindowMSA
 
-from ._checks import check_stage_args
+from ._checks import check_stage_args, lookup_arch
 
 
 class PatchEmbed(nn.Module):
@@ -166,19 +166,9 @@ class ELSASwin(BaseModule):
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'arch must be one of {sorted(set(cls.arch_zoo))} or a dict, '
-                                 f'got {arch!r}')
-            return dict(cls.arch_zoo[arch.lower()])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = {'embed_dims', 'depths', 'num_heads', 'group_width'}
-        missing = required - set(arch)
-        unknown = set(arch) - required - {'dim_qk'}
-        if missing or unknown:
-            raise ValueError(f'a custom arch needs exactly the keys {sorted(required)} (and '
-                             f'optionally dim_qk); missing {sorted(missing)}, '
-                             f'unknown {sorted(unknown)}')
+            return lookup_arch(arch, cls.arch_zoo, ())
+        arch = lookup_arch(arch, cls.arch_zoo, ('embed_dims', 'depths', 'num_heads', 'group_width'),
+                           ('dim_qk', ))
         for key in ('depths', 'num_heads'):
             if len(arch[key]) != cls.num_stages:
                 raise ValueError(f'arch[{key!r}] needs {cls.num_stages} entries, '

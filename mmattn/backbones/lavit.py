@@ -26,7 +26,7 @@ from mmengine.model import BaseModule
 
 from mmattn.layers import AttentionResidual, LaViTAttentionLA, LaViTBlock
 
-from ._checks import check_stage_args
+from ._checks import check_stage_args, lookup_arch
 
 HwShape = Tuple[int, int]
 
@@ -166,19 +166,9 @@ class LaViT(BaseModule):
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'arch must be one of {sorted(set(cls.arch_zoo))} or a dict, '
-                                 f'got {arch!r}')
-            return dict(cls.shared, **cls.arch_zoo[arch.lower()])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
+            return dict(cls.shared, **lookup_arch(arch, cls.arch_zoo, ()))
         allowed = {'depths'} | set(cls.shared)
-        unknown = set(arch) - allowed
-        if 'depths' not in arch or unknown:
-            raise ValueError(f'a custom arch needs depths and may override {sorted(cls.shared)}; '
-                             f'missing {sorted({"depths"} - set(arch))}, '
-                             f'unknown {sorted(unknown)}')
-        arch = dict(cls.shared, **arch)
+        arch = dict(cls.shared, **lookup_arch(arch, cls.arch_zoo, ('depths', ), cls.shared))
         for key in sorted(allowed):
             value = arch[key]
             number = (int, float) if key == 'mlp_ratios' else int

@@ -24,7 +24,7 @@ from mmattn.layers import GRN, PLGBlock
 from mmattn.layers.plg_attention import GLOBAL_POOLS, GlobalWindowAttention
 from mmattn.layers.window_attention import WindowMSA
 
-from ._checks import check_stage_args
+from ._checks import check_stage_args, lookup_arch
 
 
 class SqueezeExcite(nn.Module):
@@ -262,18 +262,8 @@ class PLGViT(BaseModule):
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'arch must be one of {sorted(set(cls.arch_zoo))} or a dict, '
-                                 f'got {arch!r}')
-            return dict(cls.arch_zoo[arch.lower()])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = set(cls.arch_zoo['tiny'])
-        missing, unknown = required - set(arch), set(arch) - required
-        if missing or unknown:
-            raise ValueError(f'a custom arch needs exactly the keys {sorted(required)}; missing '
-                             f'{sorted(missing)}, unknown {sorted(unknown)}')
-        arch = dict(arch)
+            return lookup_arch(arch, cls.arch_zoo, ())
+        arch = lookup_arch(arch, cls.arch_zoo, cls.arch_zoo['tiny'])
         for key in cls._PER_STAGE:
             if not isinstance(arch[key], (list, tuple)) or len(arch[key]) != cls.num_stages:
                 raise ValueError(f'arch[{key!r}] needs {cls.num_stages} entries, '
