@@ -132,9 +132,11 @@ def shifted_window_attention(x: torch.Tensor, attn: WindowMSA, shift: int,
     """
     b, h, w, c = x.shape
     window = attn.window_size
-    pad_b, pad_r = (-h) % window, (-w) % window
+    # padded sizes as ceil(h / window) * window: an expression the exporter's symbolic shapes
+    # simplify (h + (-h) % window does not, and dynamic ONNX exports of deep models stall on it)
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    pad_b, pad_r = hp - h, wp - w
     x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-    hp, wp = h + pad_b, w + pad_r
     mask = None
     if shift > 0:
         x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
