@@ -183,3 +183,20 @@ def test_toy_config_makes_its_missing_data(tmp_path):
     made = sorted(p.name for p in (tmp_path / 'data' / 'toy' / 'cls' / 'val' / 'circle').iterdir())
     assert len(made) == 20  # the generator's default cls_num_val
     assert 'accuracy/top1' in last_scalars(tmp_path / 'work')
+
+
+def test_save_best_keeps_one_best_and_no_temporaries(workspace, tmp_path):
+    """save_best goes through the atomic path: one best checkpoint left (the previous one is
+    deleted only after the new one is in place), no temporary files, a resumable latest."""
+    proc = _train_cls(workspace, tmp_path, '--cfg-options', 'train_cfg.max_iters=3',
+                      'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
+                      'default_hooks.checkpoint.save_best=accuracy/top1',
+                      'default_hooks.checkpoint.rule=greater', 'default_hooks.logger.interval=1')
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix == '.pth')
+    best = [n for n in names if n.startswith('best_')]
+    assert len(best) == 1, names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
+    from mmattn.utils.safe_io import RESUME_KEYS, checkpoint_problem
+    assert checkpoint_problem(str(tmp_path / best[0])) is None
+    assert checkpoint_problem((tmp_path / 'last_checkpoint').read_text(), RESUME_KEYS) is None
+    assert 'The best checkpoint' in proc.stdout + proc.stderr
