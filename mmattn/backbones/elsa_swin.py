@@ -35,7 +35,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         p = self.patch_size
         h, w = x.shape[-2:]  # pad to ceil(size / p) * p (see shifted_window_attention)
-        x = F.pad(x, (0, -(-w // p) * p - w, 0, -(-h // p) * p - h))
+        x = F.pad(x, (0, (w + p - 1) // p * p - w, 0, (h + p - 1) // p * p - h))
         x = self.proj(x)
         hw_shape = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw_shape
@@ -54,7 +54,7 @@ class PatchMerging(nn.Module):
                 hw_shape: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
         b, _, c = x.shape
         h, w = hw_shape
-        x = F.pad(x.view(b, h, w, c), (0, 0, 0, -(-w // 2) * 2 - w, 0, -(-h // 2) * 2 - h))
+        x = F.pad(x.view(b, h, w, c), (0, 0, 0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                       dim=-1)
         out_hw = (x.shape[1], x.shape[2])

@@ -82,14 +82,18 @@ class WindowMSA(nn.Module):
 
 
 def _shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Swin's mask for a padded ``hp x wp`` map: -100 between tokens of different regions."""
-    region = torch.zeros(1, hp, wp, 1, device=device)
-    cnt = 0
-    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-            region[:, hs, ws, :] = cnt
-            cnt += 1
-    ids = window_partition(region, window).view(-1, window * window)
+    """Swin's mask for a padded ``hp x wp`` map: -100 between tokens of different regions.
+
+    The regions are Swin's three bands per axis (``[0, -window)``, ``[-window, -shift)``,
+    ``[-shift, end)``), numbered from index comparisons rather than by slice assignment, which
+    exports to ONNX with dynamic sizes (the slice-scatter translation does not).
+    """
+    def bands(n: int) -> torch.Tensor:
+        i = torch.arange(n, device=device)
+        return (i >= n - window).long() + (i >= n - shift).long()
+
+    region = (bands(hp)[:, None] * 3 + bands(wp)[None, :]).to(torch.float32)
+    ids = window_partition(region[None, :, :, None], window).view(-1, window * window)
     diff = ids[:, None, :] - ids[:, :, None]
     return diff.masked_fill(diff != 0, -100.).masked_fill(diff == 0, 0.)
 
@@ -99,8 +103,8 @@ def _padding_mask(h: int, w: int, hp: int, wp: int, window: int, shift: int,
     """``(num_windows, w*w, w*w)`` mask of a map padded from ``h x w`` to ``hp x wp`` (rolled by
     ``-shift``): -1e4 on the padded keys, 0 elsewhere (finite, so an all-padding query row stays
     finite; those rows are cropped)."""
-    valid = torch.zeros(1, hp, wp, 1, device=device)
-    valid[:, :h, :w] = 1.
+    rows, cols = torch.arange(hp, device=device) < h, torch.arange(wp, device=device) < w
+    valid = (rows[:, None] & cols[None, :]).to(torch.float32)[None, :, :, None]
     if shift > 0:
         valid = torch.roll(valid, shifts=(-shift, -shift), dims=(1, 2))
     keys = window_partition(valid, window).reshape(-1, 1, window * window)
@@ -134,7 +138,7 @@ def shifted_window_attention(x: torch.Tensor, attn: WindowMSA, shift: int,
     window = attn.window_size
     # padded sizes as ceil(h / window) * window: an expression the exporter's symbolic shapes
     # simplify (h + (-h) % window does not, and dynamic ONNX exports of deep models stall on it)
-    hp, wp = -(-h // window) * window, -(-w // window) * window
+    hp, wp = (h + window - 1) // window * window, (w + window - 1) // window * window
     pad_b, pad_r = hp - h, wp - w
     x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     mask = None

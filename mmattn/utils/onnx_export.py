@@ -96,6 +96,12 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], in_channels
 
     Returns:
         str: ``path``.
+
+    Raises:
+        ValueError: for a dynamic export that ONNX Runtime cannot run at a second size (checked
+            here, one run). The exporter keeps sizes symbolic but fixes some that are 1 at the
+            example: a stage whose map is a single attention window, for instance. The message
+            says to export at a larger ``shape``.
     """
     import onnx
     model = model.eval()
@@ -111,7 +117,26 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], in_channels
                                          output_names=[f'output{i}' for i in range(count)])
         onnx_program.save(path)
     onnx.checker.check_model(path)
+    if dynamic:
+        _check_other_size(path, shape, in_channels, count)
     return path
+
+
+def _check_other_size(path: str, shape: Tuple[int, int], in_channels: int, count: int) -> None:
+    """Runs a dynamic file once at the second size of :func:`example_sizes` (batch 1)."""
+    size = example_sizes(shape, True)[1]
+    try:
+        outputs = run_onnx(path, torch.randn(1, in_channels, *size), log_level=4)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
+        first = str(e).strip().splitlines()[0][:300]
+        raise ValueError(
+            f'the dynamic export made at {shape[0]}x{shape[1]} does not run at '
+            f'{size[0]}x{size[1]} in ONNX Runtime ({first}). The exporter fixed a size that is 1 '
+            'at the example (typically a stage whose map is one attention window, such as the '
+            '7x7 last stage at 224x224): export at a larger shape (e.g. 256x256, or twice the '
+            'size), or without dynamic sizes.') from e
+    if len(outputs) != count:
+        raise ValueError(f'{path}: {len(outputs)} outputs at {size}, expected {count}')
 
 
 def onnx_domains(path: str) -> List[str]:
@@ -121,11 +146,12 @@ def onnx_domains(path: str) -> List[str]:
     return sorted({node.domain for node in model.graph.node})
 
 
-def run_onnx(path: str, x: torch.Tensor) -> List[np.ndarray]:
-    """Runs the ONNX file in ONNX Runtime (CPU) on ``x``."""
+def run_onnx(path: str, x: torch.Tensor, log_level: int = 3) -> List[np.ndarray]:
+    """Runs the ONNX file in ONNX Runtime (CPU) on ``x``; ``log_level`` is ONNX Runtime's
+    severity (3: errors, 4: fatal only)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = log_level
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})
 
