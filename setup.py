@@ -1,33 +1,87 @@
 """Builds mmattn and its compiled operators ``mmattn._C``.
 
+Install into an environment that already has torch, with pip's build isolation off (isolation
+hides the installed torch, and the ops must be compiled against it)::
+
+    pip install --no-build-isolation .        # or -e . for a checkout you edit
+
+With the ops compiled, the version carries the torch build in its local tag
+(``0.1.0+torch2.14.1.cpu``, ``0.1.0+torch2.14.1.cu130``), and ``mmattn/ops/_build.json``
+records it, so that importing mmattn under another torch falls back to the plain-PyTorch ops
+with a warning instead of failing on undefined symbols.
+
 Environment variables:
-    MMATTN_WITH_OPS=0   skip compiling; the ops then fall back to plain PyTorch.
+    MMATTN_WITH_OPS=0   skip compiling (no torch needed to install); the ops then fall back to
+                        plain PyTorch.
     FORCE_CUDA=1        compile the CUDA kernels even when torch reports no GPU
                         (needs a CUDA build of torch and ``CUDA_HOME``).
     MAX_JOBS            parallel compile jobs (ninja).
 """
 import glob
+import json
 import os
 import os.path as osp
+import sys
 
 from setuptools import find_packages, setup
 
 ROOT = osp.dirname(osp.abspath(__file__))
 CSRC = osp.join('mmattn', 'ops', 'csrc')
+WITH_OPS = os.getenv('MMATTN_WITH_OPS', '1') != '0'
+
+NO_TORCH = """
+mmattn: torch is not importable by this build, and mmattn's operators are compiled against it.
+
+  1. Install torch (and torchvision, mmcv, mmengine, mmdet / mmsegmentation / mmpretrain) first;
+     README.md, "Install into your own environment", lists the tested versions.
+  2. Install mmattn with pip's build isolation off, so the build sees that torch:
+         pip install --no-build-isolation .        (or: pip install --no-build-isolation -e .)
+
+Without compiled operators (plain-PyTorch fallbacks, slower): MMATTN_WITH_OPS=0 pip install .
+"""
+
+
+def import_torch():
+    """torch, or a clear message and exit (no traceback) when the build cannot import it."""
+    try:
+        import torch
+    except ImportError:
+        sys.exit(NO_TORCH)
+    return torch
+
+
+def with_cuda(torch) -> bool:
+    return torch.cuda.is_available() or os.getenv('FORCE_CUDA', '0') == '1'
+
+
+def build_tag(torch) -> str:
+    """The local version tag of a build with compiled ops: ``torch<version>.<cpu|cuXYZ>``."""
+    flavour = 'cu' + torch.version.cuda.replace('.', '') if with_cuda(torch) and \
+        torch.version.cuda else 'cpu'
+    return f"torch{torch.__version__.split('+')[0]}.{flavour}"
 
 
 def get_version() -> str:
     scope: dict = {}
     with open(osp.join(ROOT, 'mmattn', 'version.py')) as f:
         exec(f.read(), scope)
-    return scope['__version__']
+    version = scope['__version__']
+    if WITH_OPS:
+        version += '+' + build_tag(import_torch())
+    return version
+
+
+def build_info(torch, version: str) -> dict:
+    """What ``mmattn/ops/_build.json`` records (read by ``mmattn.ops._ext`` at import)."""
+    return dict(mmattn=version, torch=torch.__version__,
+                cuda=torch.version.cuda if with_cuda(torch) else None)
 
 
 def get_extensions() -> list:
     """The ``mmattn._C`` extension: C++ kernels always, CUDA kernels when available."""
-    if os.getenv('MMATTN_WITH_OPS', '1') == '0':
+    if not WITH_OPS:
         return []
-    import torch
+    torch = import_torch()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob(osp.join(CSRC, '*.cpp')) + glob.glob(osp.join(CSRC, 'cpu', '*.cpp')))
@@ -35,12 +89,12 @@ def get_extensions() -> list:
     # 2.13 on; torch >= 2.14 rejects C++17), and nvcc refuses a second -std.
     cxx_flags = ['-O3', '-fopenmp']
     define_macros = []
-    with_cuda = torch.cuda.is_available() or os.getenv('FORCE_CUDA', '0') == '1'
-    if with_cuda and torch.version.cuda is None:
+    cuda = with_cuda(torch)
+    if cuda and torch.version.cuda is None:
         raise RuntimeError('FORCE_CUDA=1 needs a CUDA build of torch; this torch is '
                            f'{torch.__version__} without CUDA.')
     include_dirs = [osp.join(ROOT, CSRC)]
-    if with_cuda:
+    if cuda:
         sources += sorted(glob.glob(osp.join(CSRC, 'cuda', '*.cu')))
         define_macros.append(('MMATTN_WITH_CUDA', None))
         return [CUDAExtension(
@@ -54,15 +108,32 @@ def get_extensions() -> list:
 
 
 def get_cmdclass() -> dict:
-    if os.getenv('MMATTN_WITH_OPS', '1') == '0':
+    if not WITH_OPS:
         return {}
+    torch = import_torch()
     from torch.utils.cpp_extension import BuildExtension
-    return {'build_ext': BuildExtension.with_options(use_ninja=True)}
 
+    class BuildExtensionWithRecord(BuildExtension):
+        """torch's ``BuildExtension`` that also writes ``_build.json`` next to the extension
+        (in the wheel, or in the checkout for an editable install)."""
+
+        def run(self) -> None:
+            super().run()
+            package = osp.dirname(self.get_ext_fullpath('mmattn._C'))
+            path = osp.join(package, 'ops', '_build.json')
+            os.makedirs(osp.dirname(path), exist_ok=True)
+            with open(path, 'w') as f:
+                json.dump(build_info(torch, VERSION), f, indent=1)
+                f.write('\n')
+
+    return {'build_ext': BuildExtensionWithRecord.with_options(use_ninja=True)}
+
+
+VERSION = get_version()
 
 setup(
     name='mmattn',
-    version=get_version(),
+    version=VERSION,
     description='Attention backbones for dense prediction as an OpenMMLab 2.x plugin',
     long_description=open(osp.join(ROOT, 'README.md')).read(),
     long_description_content_type='text/markdown',

@@ -1,19 +1,85 @@
-"""Loads the compiled extension ``mmattn._C`` (which registers ``torch.ops.mmattn.*``)."""
+"""Loads the compiled extension ``mmattn._C`` (which registers ``torch.ops.mmattn.*``).
+
+``setup.py`` records the torch the extension is compiled for in ``mmattn/ops/_build.json``. An
+extension built for another torch is not imported (its symbols would not resolve, or worse,
+resolve against a different ABI): mmattn warns once, naming both versions, and the ops fall back
+to the plain-PyTorch references.
+"""
+import json
 import logging
-from functools import lru_cache
+import os.path as osp
+from typing import Optional
 
 logger = logging.getLogger('mmattn')
 
+BUILD_INFO = osp.join(osp.dirname(osp.abspath(__file__)), '_build.json')
+_FALLBACK = ('na2d and ghost_head_aggregate fall back to the plain-PyTorch reference, which is '
+             'slower and uses much more memory.')
 
-@lru_cache(maxsize=None)
-def has_compiled_ops() -> bool:
-    """Whether ``mmattn._C`` is built and importable. Logs once when it is not."""
+
+def build_info() -> Optional[dict]:
+    """What ``setup.py`` recorded of the compiled build (``mmattn``, ``torch``, ``cuda``), or
+    None when nothing was recorded (a pure-Python install, or an extension built before the
+    record existed)."""
+    try:
+        with open(BUILD_INFO) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def torch_mismatch(info: Optional[dict], torch_version: str) -> Optional[str]:
+    """Why an extension recorded by ``info`` cannot be used under ``torch_version`` (None when
+    it can, or when nothing is recorded). Local tags count: ``2.14.1+cpu`` and ``2.14.1+cu130``
+    are different builds."""
+    if not info or not info.get('torch'):
+        return None
+    built = str(info['torch'])
+    if built == torch_version:
+        return None
+    return (f'mmattn: the compiled ops (mmattn._C) were built for torch {built}, but this is '
+            f'torch {torch_version}; they are not loaded and {_FALLBACK} Rebuild mmattn against '
+            f'this torch: pip install --no-build-isolation --force-reinstall --no-deps .')
+
+
+def load_extension(info: Optional[dict], torch_version: str) -> bool:
+    """Imports ``mmattn._C`` unless ``info`` records another torch. Warns (once per call) and
+    returns False when the ops cannot be used."""
+    problem = torch_mismatch(info, torch_version)
+    if problem:
+        logger.warning(problem)
+        return False
     try:
         from mmattn import _C  # noqa: F401  (importing registers the ops)
     except ImportError as e:
-        logger.warning(
-            'mmattn: the compiled ops (mmattn._C) are not available (%s); na2d and '
-            'ghost_head_aggregate fall back to the plain-PyTorch reference, which is slower '
-            'and uses much more memory. Build them with `pip install -e .` (MMATTN_WITH_OPS=1).', e)
+        hint = ('It was probably built for another torch: rebuild it with '
+                '`pip install --no-build-isolation --force-reinstall --no-deps .`.'
+                if 'undefined symbol' in str(e) else
+                'Build them with `pip install --no-build-isolation -e .` (MMATTN_WITH_OPS=1).')
+        logger.warning('mmattn: the compiled ops (mmattn._C) are not available (%s); %s %s', e,
+                       _FALLBACK, hint)
         return False
     return True
+
+
+_LOADED: Optional[bool] = None  # set by the first has_compiled_ops() (mmattn.ops' import)
+
+
+def has_compiled_ops() -> bool:
+    """Whether ``mmattn._C`` is built for this torch and imported. Warns once when it is not.
+
+    After the first call (at the import of ``mmattn.ops``) this only reads a module global, so
+    ``torch.compile`` traces through it without a graph break."""
+    global _LOADED
+    if _LOADED is None:
+        import torch
+        _LOADED = load_extension(build_info(), torch.__version__)
+    return _LOADED
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the compiled ops carry CUDA kernels (``FORCE_CUDA=1`` or a GPU at build time)."""
+    if not has_compiled_ops():
+        return False
+    import torch
+    return bool(torch._C._dispatch_has_kernel_for_dispatch_key('mmattn::na2d_fused', 'CUDA'))
