@@ -5,6 +5,7 @@ Examples::
     python tools/test.py CONFIG CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis      # save pictures of predictions
     python tools/test.py CONFIG CHECKPOINT --out results.pkl   # dump raw predictions
+    python tools/test.py CONFIG CHECKPOINT --tta               # the config's test-time augmentation
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 """
 import argparse
@@ -17,7 +18,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
 from mmattn.utils.tools import (add_common_args, build_runner,  # noqa: E402
-                                checked_checkpoint, enable_visualization, load_config)
+                                checked_checkpoint, enable_tta, enable_visualization,
+                                load_config)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '(relative to the work dir unless absolute)')
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds per shown image')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation: the config's tta_pipeline and tta_model "
+                        '(the ADE20K configs: multi-scale + flip at the papers\' six ratios)')
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -37,6 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    if args.tta:
+        try:
+            print(enable_tta(cfg, args.config), flush=True)
+        except ValueError as e:
+            raise SystemExit(f'test.py: error: {e}')
     cfg.load_from = checked_checkpoint(args.checkpoint, 'the', resume=False)
     if args.show or args.show_dir:
         enable_visualization(cfg, args.show_dir, args.show, args.wait_time)

@@ -27,3 +27,12 @@ model = dict(
     neck=dict(in_channels=[768] * 4, out_channels=768, scales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[768] * 4, channels=512, num_classes=150),
     auxiliary_head=dict(in_channels=768, in_index=2, num_classes=150))
+
+# the papers' ADE20K "ms+flip" test, mmseg 0.x's MultiScaleFlipAug(img_scale=(2048, 512),
+# img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True): python tools/test.py CONFIG CKPT --tta
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='ScaleRatioFlipAug', scale=(2048, 512),
+         transforms=[dict(type='LoadAnnotations', reduce_zero_label=True),
+                     dict(type='PackSegInputs')]),
+]

@@ -16,3 +16,12 @@ model = dict(
         init_cfg=None),
     decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
     auxiliary_head=dict(in_channels=384, num_classes=150))
+
+# the papers' ADE20K "ms+flip" test, mmseg 0.x's MultiScaleFlipAug(img_scale=(2048, 512),
+# img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True): python tools/test.py CONFIG CKPT --tta
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='ScaleRatioFlipAug', scale=(2048, 512),
+         transforms=[dict(type='LoadAnnotations', reduce_zero_label=True),
+                     dict(type='PackSegInputs')]),
+]

@@ -27,3 +27,12 @@ optim_wrapper = dict(
 param_scheduler = [dict(type='PolyLR', power=0.9, begin=0, end=80000, eta_min=0., by_epoch=False)]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=80000, val_interval=8000)
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=8000))
+
+# the papers' ADE20K "ms+flip" test, mmseg 0.x's MultiScaleFlipAug(img_scale=(2048, 512),
+# img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True): python tools/test.py CONFIG CKPT --tta
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='ScaleRatioFlipAug', scale=(2048, 512),
+         transforms=[dict(type='LoadAnnotations', reduce_zero_label=True),
+                     dict(type='PackSegInputs')]),
+]

@@ -43,3 +43,12 @@ param_scheduler = [
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+
+# the papers' ADE20K "ms+flip" test, mmseg 0.x's MultiScaleFlipAug(img_scale=(2048, 512),
+# img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True): python tools/test.py CONFIG CKPT --tta
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='ScaleRatioFlipAug', scale=(2048, 512),
+         transforms=[dict(type='LoadAnnotations', reduce_zero_label=True),
+                     dict(type='PackSegInputs')]),
+]

@@ -1,13 +1,14 @@
-"""Training-loop components: hooks and optimizer-wrapper constructors.
+"""Training-loop components: hooks, optimizer-wrapper constructors and param schedulers.
 
-``HOOKS`` and ``OPTIM_WRAPPER_CONSTRUCTORS`` map registry names to classes; the adapters
-register them all.
+``HOOKS``, ``OPTIM_WRAPPER_CONSTRUCTORS`` and ``PARAM_SCHEDULERS`` map registry names to classes;
+the adapters register them all.
 """
 from typing import Dict
 
 from .aux_loss import BackboneAuxLossHook
 from .castling_switch import CastlingSwitchHook
 from .safe_checkpoint import SafeCheckpointHook
+from .schedulers import PARAM_SCHEDULERS, TimmCosineLR
 
 HOOKS: Dict[str, type] = {
     'SafeCheckpointHook': SafeCheckpointHook,
@@ -18,5 +19,5 @@ HOOKS: Dict[str, type] = {
 }
 OPTIM_WRAPPER_CONSTRUCTORS: Dict[str, type] = {}
 
-__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'BackboneAuxLossHook',
+__all__ = ['HOOKS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'TimmCosineLR', 'BackboneAuxLossHook',
            'CastlingSwitchHook', 'SafeCheckpointHook']

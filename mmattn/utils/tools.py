@@ -1,4 +1,5 @@
 """Shared set-up of ``tools/train.py`` and ``tools/test.py`` for mmdet, mmseg and mmpretrain configs."""
+import copy
 import os
 import os.path as osp
 import re
@@ -123,6 +124,74 @@ def enable_visualization(cfg: Config, show_dir: Optional[str], show: bool = Fals
         else:  # mmseg saves through the visualizer
             cfg.visualizer.save_dir = show_dir
             hook.interval = 1
+
+
+_DEFAULT_TTA_MODELS = {
+    'mmseg': dict(type='SegTTAModel'),
+    'mmdet': dict(type='DetTTAModel',
+                  tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)),
+    'mmpretrain': dict(type='AverageClsScoreTTA'),
+}
+
+
+def _describe_tta(pipeline: list) -> str:
+    """One line naming the augmented copies a ``tta_pipeline`` makes."""
+    from mmattn.datasets.transforms import PAPER_RATIOS, ratio_scales
+    parts = []
+    for step in pipeline:
+        if step.get('type') == 'ScaleRatioFlipAug':
+            ratios = step.get('ratios', PAPER_RATIOS)
+            scales = ratio_scales(tuple(step['scale']), ratios)
+            flips = ['none', 'horizontal'] if step.get('flip', True) else ['none']
+            parts.append(f'{len(scales)} scales (ratios {list(ratios)} of {tuple(step["scale"])}, '
+                         f'keep-ratio): {scales} x flip {flips} = {len(scales) * len(flips)} '
+                         'passes per image')
+        elif step.get('type') == 'TestTimeAug':
+            stages = [' | '.join(t.get('type', '?') + ''.join(
+                f' {k}={t[k]}' for k in ('scale', 'scale_factor', 'prob') if k in t)
+                for t in stage) for stage in step['transforms']]
+            parts.append('TestTimeAug: ' + ' x '.join(f'[{s}]' for s in stages))
+    return '; '.join(parts) or 'no augmentation step found in tta_pipeline'
+
+
+def enable_tta(cfg: Config, config: str) -> str:
+    """Switches the test loop to the config's test-time augmentation (``test.py --tta``), as the
+    codebases' own ``tools/test.py`` do: the test set runs ``tta_pipeline`` and the model is
+    wrapped in ``tta_model`` (mmseg's SegTTAModel averages the softmax scores of the copies, as
+    mmseg 0.x's ``aug_test`` did). Returns a line describing the augmentation, for the log."""
+    scope = cfg.get('default_scope')
+    data = cfg.test_dataloader.dataset
+    while 'dataset' in data:
+        data = data.dataset
+    note = ''
+    if 'tta_pipeline' not in cfg:
+        if scope not in ('mmdet', 'mmpretrain'):
+            raise ValueError(f'--tta: {config} defines no tta_pipeline (mmattn\'s ADE20K configs '
+                             "carry the papers' multi-scale + flip test; add one to this config)")
+        # as mmdet's and mmpretrain's own test.py: the test pipeline, flipped and not
+        pack = copy.deepcopy(data.pipeline[-1])
+        if scope == 'mmdet':
+            keys = tuple(pack.get('meta_keys', ('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                                'scale_factor')))
+            pack['meta_keys'] = keys + tuple(k for k in ('flip', 'flip_direction')
+                                             if k not in keys)
+        cfg.tta_pipeline = copy.deepcopy(data.pipeline[:-1]) + [dict(
+            type='TestTimeAug', transforms=[[dict(type='RandomFlip', prob=0.),
+                                             dict(type='RandomFlip', prob=1.)], [pack]])]
+        note = ' (the config has no tta_pipeline: its test pipeline with and without a flip)'
+    if 'tta_model' not in cfg:
+        if scope not in _DEFAULT_TTA_MODELS:
+            raise ValueError(f'--tta: {config} defines no tta_model')
+        cfg.tta_model = _DEFAULT_TTA_MODELS[scope]
+    if scope == 'mmdet' and cfg.model.get('roi_head', {}).get('mask_head') is not None:
+        raise ValueError('--tta: mmdet 3.3\'s DetTTAModel merges boxes only; test-time '
+                         'augmentation of instance masks (Mask R-CNN) is not supported')
+    from mmengine.config import ConfigDict
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    if 'batch_shapes_cfg' in data:
+        data.batch_shapes_cfg = None
+    data.pipeline = cfg.tta_pipeline
+    return f'[tta] {cfg.tta_model.type}: {_describe_tta(cfg.tta_pipeline)}{note}'
 
 
 def _fail(message: str) -> None:

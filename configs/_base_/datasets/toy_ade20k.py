@@ -53,3 +53,11 @@ val_dataloader = dict(
         data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# the papers' multi-scale + flip test at ratios of this set's test scale (128, 128), as the
+# ADE20K configs do at (2048, 512): python tools/test.py CONFIG CKPT --tta
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ScaleRatioFlipAug', scale=(128, 128),
+         transforms=[dict(type='LoadAnnotations', reduce_zero_label=True),
+                     dict(type='PackSegInputs')]),
+]
