@@ -217,6 +217,8 @@ class SASAStem(BaseModule):
         logits = logits.masked_fill(~key_valid[..., None, :], float('-inf'))
         out = self._from_blocks(logits.softmax(-1) @ vb)
 
-        out = F.relu(self.bn(out))
-        out = out.masked_fill(~valid, float('-inf'))  # padded pixels never win the max-pool
+        # BN on the image's pixels only (its training statistics never see the padding), and
+        # -inf padding so that padded pixels never win the max-pool
+        out = F.relu(self.bn(out[..., :H, :W]))
+        out = F.pad(out, (0, pad_w, 0, pad_h), value=float('-inf'))
         return F.max_pool2d(out, s, s)

@@ -167,8 +167,21 @@ def test_downsampling_is_ceil_avg_pool_of_stride_one(size):
 
 
 def test_kernel_size_mismatch_resizes_tables():
+    import logging
+
+    from mmengine.logging import MMLogger
     small, big = SASAAttention(16, 2, kernel_size=3), SASAAttention(16, 2, kernel_size=7)
-    big.load_state_dict(small.state_dict())
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        big.load_state_dict(small.state_dict())
+    finally:
+        logger.removeHandler(handler)
+    assert 'rel_h: kernel size 3 in the checkpoint, 7 in the model; table resized around ' \
+        'offset 0' in records
     torch.testing.assert_close(big.rel_h[:, 2:5], small.rel_h)
     assert big.rel_h[:, :2].abs().sum() == 0 and big.rel_w[:, 5:].abs().sum() == 0
     small.load_state_dict(big.state_dict())
@@ -234,3 +247,16 @@ class TestStem:
         x = torch.randn(1, 3, 13, 14, **F64)
         full, cropped = stem(x), stem(x[..., :12, :12])
         torch.testing.assert_close(full[..., :3, :3], cropped)
+
+
+def test_stem_batchnorm_sees_only_the_image_pixels():
+    """On a 9x11 input (padded to 12x12 inside), the stem's BN normalises the 9x11 image pixels:
+    its training statistics never include the padding."""
+    stem = SASAStem(out_channels=16, num_heads=4, mixtures=2).train()
+    seen = []
+    stem.bn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    out = stem(torch.randn(2, 3, 9, 11))
+    assert tuple(seen[0].shape) == (2, 16, 9, 11)
+    mean = seen[0].detach().mean((0, 2, 3))
+    torch.testing.assert_close(stem.bn.running_mean, 0.1 * mean)
+    assert tuple(out.shape) == (2, 16, 3, 3) and torch.isfinite(out).all()

@@ -206,3 +206,14 @@ def test_errors(stock, tmp_path):
     with pytest.raises(SystemExit):
         softmax2castling.main([stock['mvit'][0], str(tmp_path / 'x.pth'), '--model', 'mvit',
                                '--src-format', 'timm'])
+
+
+def test_function_defaults_are_the_command_lines(stock, tmp_path):
+    """``convert`` called as a library with its defaults (DeiT's head width 64, seq1d, k 9,
+    zero init) gives what the command line writes with its defaults."""
+    src, state = stock['deit']
+    out, _, added = softmax2castling.convert(state, 'deit')
+    softmax2castling.main([src, str(tmp_path / 'cli.pth'), '--model', 'deit'])
+    cli = torch.load(tmp_path / 'cli.pth', map_location='cpu', weights_only=True)['state_dict']
+    assert len(added) == 12 and out.keys() == cli.keys()
+    assert all(torch.equal(out[k], cli[k]) for k in out)

@@ -74,3 +74,50 @@ def test_allow_list_is_idempotent():
     n = len(torch.serialization.get_safe_globals())
     allow_mmengine_checkpoints()
     assert len(torch.serialization.get_safe_globals()) == n
+
+
+class ReachesAttribute:
+    """Pickles as ``builtins.getattr(HistoryBuffer, 'min')``: what mmengine's own
+    ``HistoryBuffer.__getstate__`` writes, and the door an allow-listed ``getattr`` would open."""
+
+    def __reduce__(self):
+        return (getattr, (HistoryBuffer, 'min'))
+
+
+def test_checkpoint_pickling_getattr_is_refused(tmp_path):
+    allow_mmengine_checkpoints()
+    path = tmp_path / 'getattr.pth'
+    torch.save({'state_dict': {}, 'stat': ReachesAttribute()}, path)
+    assert 'builtins.getattr' in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    with pytest.raises(pickle.UnpicklingError, match='getattr'):
+        torch.load(path)
+
+
+# what allow_mmengine_checkpoints documents adding, by qualified name
+_DOCUMENTED = {'mmengine.logging.history_buffer.HistoryBuffer', 'numpy.ndarray', 'numpy.dtype'}
+_NUMPY_RECONSTRUCT = ('_reconstruct', 'scalar')
+
+
+def test_allow_list_adds_exactly_the_documented_globals():
+    """In a fresh interpreter: the globals mmattn adds to torch's allow-list are HistoryBuffer,
+    numpy's array/scalar reconstruction, ndarray, dtype and the numeric dtype classes; nothing
+    from builtins (getattr above all), nothing callable beyond those."""
+    proc = subprocess.run([sys.executable, '-c', textwrap.dedent('''
+        import json, torch
+        before = set(map(id, torch.serialization.get_safe_globals()))
+        from mmattn.utils import allow_mmengine_checkpoints
+        allow_mmengine_checkpoints()
+        added = [g for g in torch.serialization.get_safe_globals() if id(g) not in before]
+        print(json.dumps([f'{getattr(g, "__module__", "?")}.{getattr(g, "__qualname__", g)}'
+                          for g in added]))
+    ''')], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+    added = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert not [g for g in added if g.startswith('builtins.')], added
+    unexpected = {g for g in added if g not in _DOCUMENTED
+                  and not (g.startswith('numpy.') and g.rsplit('.', 1)[1] in _NUMPY_RECONSTRUCT)
+                  and not (g.startswith('numpy.dtypes.') and g.endswith('DType'))}
+    assert not unexpected, f'globals beyond the documented set: {sorted(unexpected)}'
+    assert _DOCUMENTED <= added
+    assert getattr not in torch.serialization.get_safe_globals()
