@@ -94,7 +94,8 @@ class GlobalWindowAttention(nn.Module):
             size = torch.sym_min(self.global_size, torch.sym_min(h, w))
             max_pool, avg_pool = _export_max_pool, _export_avg_pool
         else:
-            size = min(self.global_size, h, w)
+            # under torch.jit.trace (FLOP analysis) h and w are 0-d tensors: the pooling needs ints
+            size = min(self.global_size, int(h), int(w))
             max_pool, avg_pool = F.adaptive_max_pool2d, F.adaptive_avg_pool2d
         fmap = x.permute(0, 3, 1, 2)
         pooled = max_pool(fmap, size)

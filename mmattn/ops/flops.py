@@ -47,12 +47,67 @@ def ghost_head_aggregate_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return B * C * H * W * kk * per_tap
 
 
+def sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """``aten::scaled_dot_product_attention`` (mmpretrain's ViTs call it), which mmengine does
+    not count: ``q @ k^T`` and ``attn @ v``, ``L * S * (E + Ev)`` multiply-adds per batch and
+    head."""
+    q, k, v = (_shape(x) for x in inputs[:3])
+    batch = 1
+    for n in q[:-2]:
+        batch *= n
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 FLOP_HANDLES: Dict[str, Any] = {
     'mmattn::na2d_qk': na2d_qk_flops,
     'mmattn::na2d_av': na2d_av_flops,
     'mmattn::na2d_fused': na2d_fused_flops,
     'mmattn::ghost_head_aggregate': ghost_head_aggregate_flops,
+    'aten::scaled_dot_product_attention': sdpa_flops,
 }
+
+# operators mmengine leaves uncounted that cost no multiply-adds by the convention of the papers'
+# FLOP tables (element-wise arithmetic and activations, normalisation arithmetic, pooling,
+# padding, data movement); any other uncounted operator is an error in strict counts
+ZERO_COST_OPS = frozenset({
+    'aten::add', 'aten::add_', 'aten::sub', 'aten::rsub', 'aten::mul', 'aten::div',
+    'aten::neg', 'aten::clamp_min', 'aten::ne', 'aten::fill_', 'aten::expand_as',
+    'aten::unflatten', 'aten::im2col', 'aten::pad', 'aten::gelu', 'aten::silu', 'aten::sigmoid',
+    'aten::softmax', 'aten::mean', 'aten::linalg_vector_norm', 'aten::max_pool2d',
+    'aten::avg_pool2d', 'aten::adaptive_max_pool2d', 'aten::adaptive_avg_pool2d',
+})
+
+
+def strict_flops(model: Any, inputs: tuple) -> int:
+    """Multiply-adds of ``model(*inputs)`` by mmengine's analyzer with mmattn's handles.
+
+    Raises:
+        RuntimeError: when the model runs an operator that has no FLOP handle and is not one of
+            :data:`ZERO_COST_OPS` (it would silently count as 0), naming the operators.
+    """
+    from mmengine.analysis import FlopAnalyzer
+    register_flop_handles()
+    analyzer = FlopAnalyzer(model, inputs)
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    total = analyzer.total()
+    missing = sorted(set(analyzer.unsupported_ops()) - ZERO_COST_OPS)
+    if missing:
+        raise RuntimeError(f'{type(model).__name__}: operators without a FLOP handle (they would '
+                           f'count as 0): {missing}; add a handle to mmattn/ops/flops.py')
+    return int(total)
+
+
+def _bicubic_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """``aten::upsample_bicubic2d`` (position-embedding resizing): 16 taps per output element,
+    mmengine's convention for the bilinear one (4 taps)."""
+    n = 1
+    for d in _shape(outputs[0]):
+        n *= d
+    return 16 * n
+
+
+FLOP_HANDLES['aten::upsample_bicubic2d'] = _bicubic_flops
 
 
 def register_flop_handles() -> None:

@@ -1,0 +1,150 @@
+"""``vis_attention.py`` and its per-family hooks: the drawn weights are the attention the layer
+computes (checked against float64 rebuilds of the ELSA and SASA formulas, not the hooks' own
+path), corner queries show the masked border, and the command line draws a real photograph."""
+import os.path as osp
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmattn.layers import ELSAAttention, SASAAttention
+from mmattn.utils.attention_maps import (ATTENTION_HOOKS, attention_layers, find_layer, heatmap,
+                                         query_map)
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOY = osp.join(ROOT, 'configs', 'toy')
+
+
+def _randomise(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return module
+
+
+def elsa_attention_rebuild(layer, x):
+    """ELSA's softmax over the k*k taps (zero-padded ones included), ``(heads, k*k, H, W)``,
+    and the ghost matrices, from the layer's parameters (the official formulas)."""
+    b, h, w, c = x.shape
+    sd = layer.state_dict()
+    dq = layer.dim_qk
+    t = F.conv2d(x.permute(0, 3, 1, 2), sd['pre_proj.weight'], sd['pre_proj.bias'])
+    q, k = t[:, :dq], t[:, dq:2 * dq]
+    a = F.conv2d(q * k * layer.scale, sd['attn.0.weight'], sd['attn.0.bias'],
+                 padding=layer.kernel_size // 2, groups=dq // sd['attn.0.weight'].shape[1])
+    a = F.conv2d(F.gelu(a), sd['attn.2.weight'], sd['attn.2.bias'])
+    return a.view(layer.num_heads, -1, h, w).softmax(1)
+
+
+@pytest.mark.parametrize('query,corner', [((2, 3), False), ((0, 0), True)])
+def test_elsa_weights_are_the_layers_attention(query, corner):
+    torch.manual_seed(0)
+    layer = _randomise(ELSAAttention(8, 2, 3, group_width=4, lam=1, gamma=1., qk_scale=1.))
+    layer = layer.double().eval()
+    with torch.no_grad():
+        layer.ghost_head[0].abs_().add_(0.5)
+    x = torch.randn(1, 6, 7, 8, dtype=torch.float64)
+    qmap = query_map(layer, x, query, (6, 7))  # image = map: stride 1
+    attn = elsa_attention_rebuild(layer, x)
+    mul, add = (layer.ghost_head[i].detach().reshape(8, 9) for i in range(2))
+    r = 1
+    for head in range(2):
+        expected = attn[head, :, query[0], query[1]].reshape(3, 3).numpy().copy()
+        got = qmap.maps[f'head {head}']
+        inside = ~np.isnan(got)
+        np.testing.assert_allclose(got[inside], expected[inside], rtol=1e-12)
+        if corner:  # taps above and left of the image: masked in the drawing, weighted by ELSA
+            assert not inside[0].any() and not inside[:, 0].any() and inside[r:, r:].all()
+            assert qmap.outside[f'head {head}'] == pytest.approx(expected[~inside].sum())
+            assert qmap.outside[f'head {head}'] > 0
+        else:
+            assert inside.all()
+    per_channel = attn[:, :, query[0], query[1]].repeat_interleave(4, 0) * mul + add
+    got = qmap.maps['with ghost head (mean over channels)']
+    inside = ~np.isnan(got)
+    np.testing.assert_allclose(got[inside], per_channel.mean(0).reshape(3, 3).numpy()[inside],
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize('query,corner', [((3, 4), False), ((0, 0), True)])
+def test_sasa_weights_are_the_layers_attention(query, corner):
+    torch.manual_seed(0)
+    layer = _randomise(SASAAttention(16, 2, kernel_size=3)).double().eval()
+    x = torch.randn(1, 16, 6, 7, dtype=torch.float64)
+    qmap = query_map(layer, x, query, (6, 7))
+    qkv = F.conv2d(x, layer.qkv.weight).view(3, 2, 8, 6, 7)
+    q, k = qkv[0], qkv[1]
+    for head in range(2):
+        i, j = query
+        logits = np.full((3, 3), -np.inf)
+        for a in range(3):
+            for b in range(3):
+                y, xx = i + a - 1, j + b - 1
+                if 0 <= y < 6 and 0 <= xx < 7:
+                    qv = q[head, :, i, j]
+                    logits[a, b] = float(qv @ k[head, :, y, xx] + qv[:4] @ layer.rel_h[head, a]
+                                         + qv[4:] @ layer.rel_w[head, b])
+        expected = np.exp(logits - logits.max())
+        expected /= expected.sum()
+        got = qmap.maps[f'head {head}']
+        inside = ~np.isnan(got)
+        np.testing.assert_allclose(got[inside], expected[inside], rtol=1e-12)
+        assert qmap.outside[f'head {head}'] == 0  # masked taps carry no weight
+        assert inside.all() != corner
+        if corner:
+            assert not inside[0].any() and not inside[:, 0].any() and inside[1:, 1:].all()
+
+
+def test_heatmap_puts_each_weight_on_its_image_cells():
+    layer = _randomise(SASAAttention(16, 2, kernel_size=3)).eval()
+    x = torch.randn(1, 16, 6, 7)
+    qmap = query_map(layer, x, (9, 14), (24, 28))  # stride 4: map pixel (2, 3)
+    assert qmap.query == (2, 3) and qmap.map_size == (6, 7)
+    heat = heatmap(qmap, 'head 1', (24, 28))
+    window = qmap.maps['head 1']
+    for a in range(3):
+        for b in range(3):
+            y, x0 = 2 + a - 1, 3 + b - 1
+            cell = heat[4 * y:4 * y + 4, 4 * x0:4 * x0 + 4]
+            np.testing.assert_array_equal(cell, np.full((4, 4), window[a, b]))
+    assert np.isnan(heat).sum() == 24 * 28 - 9 * 16
+
+
+def test_layer_lookup_and_errors():
+    from mmattn.backbones import SASAResNet
+    model = SASAResNet(26, base_channels=16, kernel_size=3)
+    layers = attention_layers(model)
+    assert layers and all(type(m) in ATTENTION_HOOKS for _, m in layers)
+    assert find_layer(model, '0') == layers[0] and find_layer(model, '-1') == layers[-1]
+    assert find_layer(model, layers[1][0]) == layers[1]
+    with pytest.raises(ValueError, match='out of range'):
+        find_layer(model, str(len(layers)))
+    with pytest.raises(ValueError, match='not one of the attention layers'):
+        find_layer(model, 'layer9.attn')
+    with pytest.raises(ValueError, match='no attention-map hook for Linear'):
+        query_map(torch.nn.Linear(2, 2), torch.randn(1, 2), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match='query must lie in the 6x7 image'):
+        query_map(layers[0][1], torch.randn(1, 64, 6, 7), (6, 0), (6, 7))
+
+
+@pytest.mark.parametrize('config,query', [
+    ('mask-rcnn_elsa-swin-toy_fpn_toy-shapes.py', ['30', '40']),
+    ('mask-rcnn_sasa-resnet-26-w16_fpn_toy-shapes.py', ['0', '0'])])
+def test_command_line_draws_a_photograph(config, query, tmp_path):
+    import matplotlib.cbook
+    import matplotlib.image as mpimg
+    image = matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis_tools'))
+    import vis_attention
+    out = tmp_path / 'attn.png'
+    result = vis_attention.main([osp.join(TOY, config), '--image', image, '--size', '64', '80',
+                                 '--layer', '0', '--query', *query, '--out', str(out)])
+    assert mpimg.imread(str(out)).ndim == 3
+    qmap = result['qmap']
+    assert result['image_size'] == (64, 80)
+    assert 'mean over heads' in qmap.maps
+    if query == ['0', '0']:
+        assert np.isnan(qmap.maps['mean over heads'][0]).all()  # the masked border row
