@@ -4,13 +4,16 @@
 #   make demo        env + train and evaluate a toy detector, pictures in work_dirs/demo/
 #   make bench       env + op benchmarks (compiled vs reference)
 #   make cuda-check  build the CUDA kernels against a CUDA torch and check their registration
+#   make mutation    mutation testing of the Python modules (not in CI; ~25 min, survivors listed)
+#   make wheel       a wheel with the compiled ops for the environment's torch, in dist/
+#                    (FORCE_CUDA=1 adds the CUDA kernels; the version's local tag names the build)
 SHELL := /bin/bash
 MMATTN_VENV ?= $(HOME)/.cache/mmattn/venv
 export MMATTN_VENV
 PY := $(MMATTN_VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env test demo bench cuda-check clean
+.PHONY: env test demo bench cuda-check wheel mutation clean
 
 env:
 	@bash tools/env.sh
@@ -27,5 +30,12 @@ bench: env
 cuda-check:
 	@bash tools/cuda_check.sh
 
+mutation: env
+	$(PY) tools/mutation.py $(MUTATION_ARGS)
+
+wheel: env
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .
+	@ls -1t dist/mmattn-*.whl | head -1
+
 clean:
-	rm -rf build work_dirs mmattn/_C*.so
+	rm -rf build dist work_dirs mmattn/_C*.so mmattn/ops/_build.json

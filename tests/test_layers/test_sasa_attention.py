@@ -260,3 +260,13 @@ def test_stem_batchnorm_sees_only_the_image_pixels():
     mean = seen[0].detach().mean((0, 2, 3))
     torch.testing.assert_close(stem.bn.running_mean, 0.1 * mean)
     assert tuple(out.shape) == (2, 16, 3, 3) and torch.isfinite(out).all()
+
+
+def test_stem_init():
+    """The stem's tables ~ N(0, d^-1/2), its mixture embeddings ~ N(0, C^-1/2)."""
+    torch.manual_seed(0)
+    stem = SASAStem(out_channels=256, num_heads=4, mixtures=4)  # d = 64
+    for table in (stem.attn.rel_h, stem.attn.rel_w):
+        assert table.std().item() == pytest.approx(64**-0.5, rel=0.1)
+    for emb in (stem.attn.emb_row, stem.attn.emb_col, stem.attn.emb_mix):
+        assert emb.std().item() == pytest.approx(256**-0.5, rel=0.25)

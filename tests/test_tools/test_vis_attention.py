@@ -111,6 +111,12 @@ def test_heatmap_puts_each_weight_on_its_image_cells():
             cell = heat[4 * y:4 * y + 4, 4 * x0:4 * x0 + 4]
             np.testing.assert_array_equal(cell, np.full((4, 4), window[a, b]))
     assert np.isnan(heat).sum() == 24 * 28 - 9 * 16
+    # a corner query: the in-image taps (rows and columns 0 and 1) are drawn, the rest is not
+    corner = query_map(layer, x, (0, 0), (24, 28))
+    heat = heatmap(corner, 'head 0', (24, 28))
+    np.testing.assert_array_equal(heat[:4, :4], np.full((4, 4), corner.maps['head 0'][1, 1]))
+    np.testing.assert_array_equal(heat[4:8, 4:8], np.full((4, 4), corner.maps['head 0'][2, 2]))
+    assert np.isnan(heat).sum() == 24 * 28 - 4 * 16
 
 
 def test_layer_lookup_and_errors():
