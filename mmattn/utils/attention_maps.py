@@ -1,14 +1,24 @@
 """Where one query pixel attends in one attention layer, for ``tools/analysis_tools/vis_attention.py``.
 
 A family makes its attention visible by registering a hook for its attention module class with
-:func:`register_attention_hook`: the hook runs the layer's forward once on the layer's own input,
-captures what the layer computes, finds the map pixel of the query (given in image pixels, with
-the image size) and returns that query's weights as a :class:`QueryMap`.
-The tool itself knows no family (no ``if`` chain): ``ATTENTION_HOOKS`` is looked up by class.
+:func:`register_attention_hook`. The model runs once on the image while the layer's call (its
+arguments and output, :class:`LayerCall`) is recorded; the hook then reads, or re-runs the layer
+to capture, what the layer computes, finds the map pixel of the query (given in image pixels,
+with the image size) and returns that query's weights as a :class:`QueryMap`. The tool itself
+knows no family (no ``if`` chain): ``ATTENTION_HOOKS`` is looked up by class.
 
-Registered here: ELSA (``ELSAAttention``: the softmax window of every head and the effective
-per-tap weights with the ghost head, ``attn * ghost_mul + ghost_add``, averaged over channels)
-and SASA (``SASAAttention``: the masked softmax window of ``na2d``, logits ``q . (k + rpe)``).
+Registered here:
+
+* ELSA (``ELSAAttention``): the softmax window of every head and the effective per-tap weights
+  with the ghost head, ``attn * ghost_mul + ghost_add``, averaged over channels;
+* SASA (``SASAAttention``): the masked softmax window of ``na2d``, logits ``q . (k + rpe)``;
+* LaViT (``LaViTAttentionVA`` / ``LaViTAttentionLA``): the softmax over the pooled ``P x P`` key
+  grid that the layer returns (computed, or transformed from the previous layer's);
+* PLG-ViT (``PLGAttention``): the local branch's softmax over the query's window and the global
+  branch's softmax of the query's pooled cell over the ``G' x G'`` pooled grid;
+* Castling-ViT (``LinearAngularAttention``): the linear-angular weights
+  ``q^ . k^ / pi`` of the query over the patch tokens (the ``0.5 v`` identity term and the conv
+  term are not attention over keys and are left out).
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -24,28 +34,42 @@ class QueryMap:
     """The attention of one query.
 
     Attributes:
-        maps: named ``(k, k)`` window weights centred on the query, NaN at taps outside the map
-            (masked, or zero padding that the layer attends to: see ``outside``).
+        maps: named weights. ``layout='window'``: ``(k, k)`` window weights centred on the
+            query, NaN at taps outside the map (masked, or zero padding that the layer attends
+            to: see ``outside``). ``layout='grid'``: an ``(h, w)`` array whose cells tile the
+            whole image (a pooled key grid, or a map-sized array with NaN where the query has
+            no key).
         query: the query's ``(row, col)`` on the layer's map.
         map_size: the layer's map ``(H, W)``.
-        dilation: spacing of the window's taps on the map.
+        dilation: spacing of the window's taps on the map (``'window'``).
         outside: per map, the total weight the layer puts on taps outside the map (0 where they
             are masked; ELSA attends to its zero padding).
+        layout: ``'window'`` or ``'grid'``.
     """
     maps: Dict[str, np.ndarray]
     query: Tuple[int, int]
     map_size: Tuple[int, int]
     dilation: int = 1
     outside: Dict[str, float] = field(default_factory=dict)
+    layout: str = 'window'
 
 
-Hook = Callable[[nn.Module, torch.Tensor, Tuple[int, int], Tuple[int, int]], QueryMap]
+@dataclass
+class LayerCall:
+    """One recorded call of a layer: positional and keyword arguments and the output."""
+    args: tuple
+    kwargs: dict
+    output: object
+
+
+Hook = Callable[[nn.Module, LayerCall, Tuple[int, int], Tuple[int, int]], QueryMap]
 ATTENTION_HOOKS: Dict[type, Hook] = {}
 
 
 def register_attention_hook(cls: type):
-    """Decorator: ``hook(module, layer_input, query_px, image_size) -> QueryMap`` for ``cls``
-    modules; ``query_px`` is ``(row, col)`` in an image of ``image_size`` ``(H, W)``."""
+    """Decorator: ``hook(module, call, query_px, image_size) -> QueryMap`` for ``cls`` modules;
+    ``call`` is the :class:`LayerCall` recorded while the model ran, ``query_px`` is
+    ``(row, col)`` in an image of ``image_size`` ``(H, W)``."""
     def wrap(fn):
         ATTENTION_HOOKS[cls] = fn
         return fn
@@ -86,10 +110,11 @@ def _valid_taps(row: int, col: int, h: int, w: int, k: int, dilation: int) -> to
     return ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
 
 
-def query_map(layer: nn.Module, layer_input: torch.Tensor, query_px: Tuple[int, int],
+def query_map(layer: nn.Module, call, query_px: Tuple[int, int],
               image_size: Tuple[int, int]) -> QueryMap:
-    """The registered hook of ``type(layer)`` on ``layer_input`` (batch element 0) for the
-    query at image pixel ``query_px`` of an ``image_size`` image."""
+    """The registered hook of ``type(layer)`` on its recorded ``call`` (batch element 0; a bare
+    tensor is taken as the only argument) for the query at image pixel ``query_px`` of an
+    ``image_size`` image."""
     hook = ATTENTION_HOOKS.get(type(layer))
     if hook is None:
         known = ', '.join(sorted(c.__name__ for c in ATTENTION_HOOKS))
@@ -99,15 +124,22 @@ def query_map(layer: nn.Module, layer_input: torch.Tensor, query_px: Tuple[int, 
     if not (0 <= query_px[0] < image_size[0] and 0 <= query_px[1] < image_size[1]):
         raise ValueError(f'query must lie in the {image_size[0]}x{image_size[1]} image, got '
                          f'{tuple(query_px)}')
-    return hook(layer, layer_input, query_px, image_size)
+    if isinstance(call, torch.Tensor):
+        call = LayerCall((call, ), {}, None)
+    return hook(layer, call, query_px, image_size)
 
 
-def _elsa_hook(layer: nn.Module, x: torch.Tensor, query_px: Tuple[int, int],
+def _rerun(layer: nn.Module, call: LayerCall):
+    with torch.no_grad():
+        return layer(*call.args, **call.kwargs)
+
+
+def _elsa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
                image_size: Tuple[int, int]) -> QueryMap:
     import mmattn.layers.elsa_attention as elsa
     calls: list = []
-    with torch.no_grad(), _capture(elsa, 'ghost_head_aggregate', calls):
-        layer(x[:1])
+    with _capture(elsa, 'ghost_head_aggregate', calls):
+        _rerun(layer, call)
     v, attn, mul, add, k, dilation = calls[-1][0]
     _, heads, _, h, w = attn.shape
     row, col = image_to_map(query_px, image_size, (h, w))
@@ -127,13 +159,13 @@ def _elsa_hook(layer: nn.Module, x: torch.Tensor, query_px: Tuple[int, int],
     return QueryMap(maps, (row, col), (h, w), dilation, outside)
 
 
-def _sasa_hook(layer: nn.Module, x: torch.Tensor, query_px: Tuple[int, int],
+def _sasa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
                image_size: Tuple[int, int]) -> QueryMap:
     import mmattn.layers.sasa_attention as sasa
     from mmattn.ops.reference import na2d_qk_reference
     calls: list = []
-    with torch.no_grad(), _capture(sasa, 'na2d', calls):
-        layer(x[:1])
+    with _capture(sasa, 'na2d', calls):
+        _rerun(layer, call)
     (q, k, _v, kernel), kwargs = calls[-1][0][:4], calls[-1][1]
     dilation = kwargs.get('dilation', 1)
     logits = na2d_qk_reference(q, k, kernel, dilation, kwargs.get('border', 'mask'),
@@ -149,11 +181,101 @@ def _sasa_hook(layer: nn.Module, x: torch.Tensor, query_px: Tuple[int, int],
     return QueryMap(maps, (row, col), (h, w), dilation, outside)
 
 
+def _per_head(weights: torch.Tensor, shape: Tuple[int, int]) -> Dict[str, np.ndarray]:
+    """``weights`` ``(heads, n)`` -> named ``shape`` arrays per head and their mean."""
+    w = weights.detach().double().cpu()
+    maps = {f'head {i}': w[i].reshape(shape).numpy() for i in range(w.shape[0])}
+    maps['mean over heads'] = w.mean(0).reshape(shape).numpy()
+    return maps
+
+
+def _lavit_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
+                image_size: Tuple[int, int]) -> QueryMap:
+    attn = call.output[2]  # (B, heads, N, P*P): what the layer returned
+    h, w = call.args[1] if len(call.args) > 1 else call.kwargs['hw_shape']
+    row, col = image_to_map(query_px, image_size, (h, w))
+    p = layer.pool_size
+    return QueryMap(_per_head(attn[0, :, row * w + col], (p, p)), (row, col), (h, w),
+                    layout='grid')
+
+
+def _plg_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
+              image_size: Tuple[int, int]) -> QueryMap:
+    """Local: the softmax of the query's (unshifted) window, placed on the map; global: the
+    softmax of the query's pooled cell over the pooled grid."""
+    seen: Dict[str, torch.Tensor] = {}
+    hooks = [layer.local_attn.attn_drop.register_forward_hook(
+                 lambda m, a, out: seen.__setitem__('local', out)),
+             layer.global_attn.attn_drop.register_forward_hook(
+                 lambda m, a, out: seen.__setitem__('global', out))]
+    try:
+        _rerun(layer, call)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    x = call.args[0]
+    _, h, w, _ = x.shape
+    row, col = image_to_map(query_px, image_size, (h, w))
+    win = layer.local_attn.window_size
+    hp, wp = -(-h // win) * win, -(-w // win) * win
+    wr, wc = row // win, col // win
+    index = wr * (wp // win) + wc  # the query's window (batch element 0)
+    local = seen['local'][index, :, (row % win) * win + col % win]  # (heads, win*win)
+    maps, outside = {}, {}
+    for name, weights in _per_head(local, (win, win)).items():
+        full = np.full((hp, wp), np.nan)
+        full[wr * win:(wr + 1) * win, wc * win:(wc + 1) * win] = weights
+        maps[f'local {name}'] = full[:h, :w]
+        # the zero padding of a border window takes part as keys (Swin, spec D3)
+        outside[f'local {name}'] = float(np.nansum(full) - np.nansum(full[:h, :w]))
+    g = seen['global']  # (B, heads, G'^2, G'^2)
+    size = int(round(g.shape[-1]**0.5))
+    cell = image_to_map(query_px, image_size, (size, size))
+    for name, weights in _per_head(g[0, :, cell[0] * size + cell[1]], (size, size)).items():
+        maps[f'global {name}'] = weights
+    return QueryMap(maps, (row, col), (h, w), outside=outside, layout='grid')
+
+
+def _castling_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
+                   image_size: Tuple[int, int]) -> QueryMap:
+    """``q^ . k^ / pi`` of the query over the patch tokens (the linear-angular kernel)."""
+    import torch.nn.functional as F
+    hw = call.args[1] if len(call.args) > 1 else call.kwargs.get('hw_shape')
+    extra = call.args[2] if len(call.args) > 2 else call.kwargs.get('num_extra_tokens', 0)
+    if hw is None:
+        raise ValueError(f'{type(layer).__name__} was called without hw_shape: the patch grid '
+                         'of its tokens is unknown')
+    calls: list = []
+    original = layer._angular
+    layer._angular = lambda *a: calls.append(a) or original(*a)
+    try:
+        _rerun(layer, call)
+    finally:
+        del layer._angular
+    q, k = calls[-1][0], calls[-1][1]
+    if k.shape[2] != q.shape[2]:
+        raise ValueError(f'{type(layer).__name__}: keys pooled to another grid than the queries '
+                         'are not drawable')
+    h, w = hw
+    row, col = image_to_map(query_px, image_size, (h, w))
+    q_hat = F.normalize(q[0, :, extra + row * w + col].double(), dim=-1, eps=layer.norm_eps)
+    k_hat = F.normalize(k[0, :, extra:].double(), dim=-1, eps=layer.norm_eps)
+    weights = torch.einsum('hd,hnd->hn', q_hat, k_hat) / np.pi
+    return QueryMap(_per_head(weights, (h, w)), (row, col), (h, w), layout='grid')
+
+
 def _register_builtin() -> None:
     from mmattn.layers.elsa_attention import ELSAAttention
+    from mmattn.layers.less_attention import LaViTAttentionLA, LaViTAttentionVA
+    from mmattn.layers.linear_angular_attention import LinearAngularAttention
+    from mmattn.layers.plg_attention import PLGAttention
     from mmattn.layers.sasa_attention import SASAAttention
     register_attention_hook(ELSAAttention)(_elsa_hook)
     register_attention_hook(SASAAttention)(_sasa_hook)
+    register_attention_hook(LaViTAttentionVA)(_lavit_hook)
+    register_attention_hook(LaViTAttentionLA)(_lavit_hook)
+    register_attention_hook(PLGAttention)(_plg_hook)
+    register_attention_hook(LinearAngularAttention)(_castling_hook)
 
 
 _register_builtin()
@@ -164,9 +286,16 @@ def heatmap(qmap: QueryMap, name: str, image_size: Tuple[int, int]) -> np.ndarra
     covers (NaN elsewhere: outside the window or masked). The map cell of map pixel ``(i, j)``
     is image rows ``[i * H_img / H, (i + 1) * H_img / H)`` (and likewise for columns)."""
     window = qmap.maps[name]
-    k = window.shape[0]
     (h, w), (hi, wi) = qmap.map_size, image_size
     out = np.full((hi, wi), np.nan)
+    if qmap.layout == 'grid':  # cell (a, b) of an (gh, gw) array covers its share of the image
+        gh, gw = window.shape
+        for a in range(gh):
+            for b in range(gw):
+                out[int(round(a * hi / gh)):int(round((a + 1) * hi / gh)),
+                    int(round(b * wi / gw)):int(round((b + 1) * wi / gw))] = window[a, b]
+        return out
+    k = window.shape[0]
     r = k // 2
     for a in range(k):
         for b in range(k):
@@ -185,10 +314,12 @@ def image_to_map(point: Tuple[int, int], image_size: Tuple[int, int],
             min(int(point[1] * map_size[1] / image_size[1]), map_size[1] - 1))
 
 
-def layer_input(model: nn.Module, layer: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """The input ``layer`` receives when ``model`` runs on ``image`` (one forward, no grad)."""
-    seen: List[torch.Tensor] = []
-    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+def layer_call(model: nn.Module, layer: nn.Module, image: torch.Tensor) -> LayerCall:
+    """The first call of ``layer`` when ``model`` runs on ``image`` (one forward, no grad)."""
+    seen: List[LayerCall] = []
+    handle = layer.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append(LayerCall(args, kwargs, out)) if not seen
+        else None, with_kwargs=True)
     try:
         with torch.no_grad():
             model(image)
@@ -219,5 +350,5 @@ def find_layer(model: nn.Module, layer: str) -> Tuple[str, nn.Module]:
     return layers[index]
 
 
-__all__ = ['QueryMap', 'ATTENTION_HOOKS', 'register_attention_hook', 'attention_layers',
-           'query_map', 'heatmap', 'image_to_map', 'layer_input', 'find_layer']
+__all__ = ['QueryMap', 'LayerCall', 'ATTENTION_HOOKS', 'register_attention_hook',
+           'attention_layers', 'query_map', 'heatmap', 'image_to_map', 'layer_call', 'find_layer']

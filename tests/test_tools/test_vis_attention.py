@@ -154,3 +154,66 @@ def test_command_line_draws_a_photograph(config, query, tmp_path):
     assert 'mean over heads' in qmap.maps
     if query == ['0', '0']:
         assert np.isnan(qmap.maps['mean over heads'][0]).all()  # the masked border row
+
+
+def _first_call(model, cls, image):
+    from mmattn.utils.attention_maps import layer_call
+    (name, layer) = [(n, m) for n, m in attention_layers(model) if isinstance(m, cls)][0]
+    return layer, layer_call(model, layer, image)
+
+
+def test_lavit_maps_are_the_attention_the_layer_returns():
+    from mmattn.backbones import LaViT
+    from mmattn.layers.less_attention import LaViTAttentionLA, LaViTAttentionVA
+    torch.manual_seed(0)
+    model = LaViT('t').eval()
+    image = torch.randn(1, 3, 64, 80)
+    for cls in (LaViTAttentionVA, LaViTAttentionLA):
+        layer, call = _first_call(model, cls, image)
+        h, w = call.args[1]
+        qmap = query_map(layer, call, (20, 33), (64, 80))
+        row, col = qmap.query
+        assert qmap.layout == 'grid' and (row, col) == (20 * h // 64, 33 * w // 80)
+        attn = call.output[2][0, :, row * w + col]
+        for i in range(layer.num_heads):
+            np.testing.assert_allclose(qmap.maps[f'head {i}'].ravel(), attn[i].double().numpy())
+            assert qmap.maps[f'head {i}'].sum() == pytest.approx(1.)
+
+
+def test_plg_local_window_and_global_grid():
+    from mmattn.backbones import PLGViT
+    from mmattn.layers.plg_attention import PLGAttention
+    torch.manual_seed(0)
+    model = PLGViT('lw-r').eval()
+    layer, call = _first_call(model, PLGAttention, torch.randn(1, 3, 64, 64))
+    _, h, w, _ = call.args[0].shape  # 16x16 map, window 7: windows of rows/cols 0-6, 7-13, 14-20
+    qmap = query_map(layer, call, (40, 60), (64, 64))  # map pixel (10, 15): window (1, 2)
+    assert qmap.query == (10, 15)
+    local = qmap.maps['local head 0']
+    inside = ~np.isnan(local)
+    assert inside[7:14, 14:].all() and inside.sum() == 7 * 2  # the window's part inside the map
+    assert local[inside].sum() + qmap.outside['local head 0'] == pytest.approx(1.)
+    assert qmap.outside['local head 0'] > 0  # the zero padding of the border window
+    glob = qmap.maps['global head 0']
+    assert glob.shape == (7, 7) and glob.sum() == pytest.approx(1.)
+
+
+def test_castling_weights_are_the_linear_angular_kernel():
+    from mmattn.backbones import CastlingViT
+    from mmattn.layers.linear_angular_attention import LinearAngularAttention
+    torch.manual_seed(0)
+    model = CastlingViT(arch='deit-tiny', img_size=64, patch_size=8).eval()
+    layer, call = _first_call(model, LinearAngularAttention, torch.randn(1, 3, 64, 64))
+    qmap = query_map(layer, call, (30, 12), (64, 64))
+    row, col = qmap.query
+    x = call.args[0][0].double()
+    qkv = F.linear(x, layer.qkv.weight.double(),
+                   None if layer.qkv.bias is None else layer.qkv.bias.double())
+    heads = layer.num_heads
+    q, k, _ = qkv.view(x.shape[0], 3, heads, -1).unbind(1)  # (L, heads, d)
+    q_hat, k_hat = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    query_token = 1 + row * 8 + col  # after the class token
+    for i in range(heads):
+        expected = (k_hat[1:, i] @ q_hat[query_token, i]) / np.pi
+        np.testing.assert_allclose(qmap.maps[f'head {i}'].ravel(), expected.detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)  # q, k in fp32

@@ -5,7 +5,9 @@ The config's backbone (random weights, or the checkpoint's) runs on the image (r
 query is drawn over the image: the weight of every window tap on the image cells that tap covers
 (one panel per head, their mean, and for ELSA the effective weights with the ghost head), the
 query marked with a cross, taps outside the image (masked, or ELSA's zero padding) hatched.
-Families make their layers drawable with a hook in ``mmattn/utils/attention_maps.py``.
+Pooled-grid attention (LaViT's keys, PLG-ViT's global branch) and token attention
+(Castling-ViT) are drawn as the grid's cells over the image. Families make their layers
+drawable with a hook in ``mmattn/utils/attention_maps.py``.
 
 Examples::
 
@@ -86,7 +88,8 @@ def draw(rgb, qmap, query_px, out: str, title: str, dpi: int = 110) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows + 0.4), dpi=dpi,
                              squeeze=False)
     h, w = rgb.shape[:2]
-    k = next(iter(qmap.maps.values())).shape[0]
+    window = qmap.layout == 'window'
+    k = next(iter(qmap.maps.values())).shape[0] if window else 1
     r = k // 2
     cell_h, cell_w = h / qmap.map_size[0], w / qmap.map_size[1]
     for ax, name in zip(axes.flat, names):
@@ -95,7 +98,7 @@ def draw(rgb, qmap, query_px, out: str, title: str, dpi: int = 110) -> None:
         ax.imshow(np.ma.masked_invalid(heat), cmap='inferno', alpha=0.6,
                   vmin=np.nanmin(qmap.maps[name]), vmax=np.nanmax(qmap.maps[name]))
         # taps outside the map: hatched cells (masked, or attended zero padding)
-        for a in range(k):
+        for a in range(k if window else 0):
             for b in range(k):
                 y = qmap.query[0] + (a - r) * qmap.dilation
                 x = qmap.query[1] + (b - r) * qmap.dilation
@@ -122,7 +125,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from mmattn.utils.attention_maps import (attention_layers, find_layer, layer_input,
+    from mmattn.utils.attention_maps import (attention_layers, find_layer, layer_call,
                                              query_map)
     backbone, mean, std = build(args.config, args.checkpoint)
     if args.list_layers:
@@ -141,9 +144,9 @@ def main(argv=None) -> dict:
         name, layer = find_layer(backbone, args.layer)
     except ValueError as e:
         raise SystemExit(f'vis_attention.py: error: {e}')
-    inp = layer_input(backbone, layer, x)
+    call = layer_call(backbone, layer, x)
     try:
-        qmap = query_map(layer, inp, query_px, (h, w))
+        qmap = query_map(layer, call, query_px, (h, w))
     except ValueError as e:
         raise SystemExit(f'vis_attention.py: error: {e}')
     title = (f'{osp.basename(args.config)}: {name} ({type(layer).__name__}), query {query_px} '
