@@ -16,9 +16,10 @@ Registered here:
   grid that the layer returns (computed, or transformed from the previous layer's);
 * PLG-ViT (``PLGAttention``): the local branch's softmax over the query's window and the global
   branch's softmax of the query's pooled cell over the ``G' x G'`` pooled grid;
-* Castling-ViT (``LinearAngularAttention``): the linear-angular weights
-  ``q^ . k^ / pi`` of the query over the patch tokens (the ``0.5 v`` identity term and the conv
-  term are not attention over keys and are left out).
+* Castling-ViT (``LinearAngularAttention``, and ``MultiScaleLinearAngularAttention`` of
+  Castling-MViTv2 over its pooled key grid): the linear-angular weights ``q^ . k^ / pi`` of the
+  query over the keys (the ``0.5 v`` identity term and the conv term are not attention over keys
+  and are left out).
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -264,10 +265,39 @@ def _castling_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
     return QueryMap(_per_head(weights, (h, w)), (row, col), (h, w), layout='grid')
 
 
+def _castling_mvit_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
+                        image_size: Tuple[int, int]) -> QueryMap:
+    """Multi-scale linear-angular attention: ``q^ . k^ / pi`` of the query's cell on the
+    (pooled) query grid over the pooled key grid, drawn as that grid's cells."""
+    import torch.nn.functional as F
+
+    import mmattn.layers.linear_angular_attention as la
+    pooled: list = []
+    original = la.pool_tokens
+
+    def recorder(*args, **kwargs):
+        out = original(*args, **kwargs)
+        pooled.append(out)
+        return out
+
+    la.pool_tokens = recorder
+    try:
+        _, q_hw = _rerun(layer, call)
+    finally:
+        la.pool_tokens = original
+    (q, _), (k, kv_hw) = pooled[0], (pooled[1][0], pooled[2][1])
+    row, col = image_to_map(query_px, image_size, q_hw)
+    q_hat = F.normalize(q[0, :, row * q_hw[1] + col].double(), dim=-1, eps=layer.norm_eps)
+    k_hat = F.normalize(k[0].double(), dim=-1, eps=layer.norm_eps)
+    weights = torch.einsum('hd,hnd->hn', q_hat, k_hat) / np.pi
+    return QueryMap(_per_head(weights, tuple(kv_hw)), (row, col), tuple(q_hw), layout='grid')
+
+
 def _register_builtin() -> None:
     from mmattn.layers.elsa_attention import ELSAAttention
     from mmattn.layers.less_attention import LaViTAttentionLA, LaViTAttentionVA
-    from mmattn.layers.linear_angular_attention import LinearAngularAttention
+    from mmattn.layers.linear_angular_attention import (LinearAngularAttention,
+                                                        MultiScaleLinearAngularAttention)
     from mmattn.layers.plg_attention import PLGAttention
     from mmattn.layers.sasa_attention import SASAAttention
     register_attention_hook(ELSAAttention)(_elsa_hook)
@@ -276,6 +306,7 @@ def _register_builtin() -> None:
     register_attention_hook(LaViTAttentionLA)(_lavit_hook)
     register_attention_hook(PLGAttention)(_plg_hook)
     register_attention_hook(LinearAngularAttention)(_castling_hook)
+    register_attention_hook(MultiScaleLinearAngularAttention)(_castling_mvit_hook)
 
 
 _register_builtin()

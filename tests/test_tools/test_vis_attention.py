@@ -217,3 +217,40 @@ def test_castling_weights_are_the_linear_angular_kernel():
         expected = (k_hat[1:, i] @ q_hat[query_token, i]) / np.pi
         np.testing.assert_allclose(qmap.maps[f'head {i}'].ravel(), expected.detach().numpy(),
                                    rtol=1e-5, atol=1e-6)  # q, k in fp32
+
+
+def test_castling_mvit_weights_cover_the_pooled_key_grid():
+    from mmattn.backbones import CastlingMViT
+    from mmattn.layers.linear_angular_attention import (MultiScaleLinearAngularAttention,
+                                                        pool_tokens)
+    torch.manual_seed(0)
+    model = CastlingMViT(arch='tiny').eval()
+    layer, call = _first_call(model, MultiScaleLinearAngularAttention, torch.randn(1, 3, 96, 64))
+    qmap = query_map(layer, call, (50, 10), (96, 64))
+    x, hw = call.args[0], call.args[1]
+    q, k, _ = layer._split_heads(layer.qkv(x))
+    q, q_hw = pool_tokens(q, layer.pool_q, hw, layer.norm_q)
+    k, kv_hw = pool_tokens(k, layer.pool_k, hw, layer.norm_k)
+    assert qmap.layout == 'grid' and qmap.map_size == tuple(q_hw)
+    assert qmap.maps['head 0'].shape == tuple(kv_hw) and kv_hw[0] * kv_hw[1] < q_hw[0] * q_hw[1]
+    row, col = qmap.query
+    q_hat = F.normalize(q[0, 0, row * q_hw[1] + col].double(), dim=-1)
+    k_hat = F.normalize(k[0, 0].double(), dim=-1)
+    np.testing.assert_allclose(qmap.maps['head 0'].ravel(),
+                               (k_hat @ q_hat).detach().numpy() / np.pi, rtol=1e-5, atol=1e-6)
+
+
+def test_castling_layer_called_without_extra_tokens():
+    """A bare LinearAngularAttention call (no class token, the layer's default): the query is
+    token row * W + col."""
+    from mmattn.layers.linear_angular_attention import LinearAngularAttention
+    from mmattn.utils.attention_maps import LayerCall
+    torch.manual_seed(0)
+    layer = LinearAngularAttention(16, 2).double().eval()
+    x = torch.randn(1, 12, 16, dtype=torch.float64)
+    qmap = query_map(layer, LayerCall((x, (3, 4)), {}, None), (2, 1), (3, 4))
+    q, k, _ = F.linear(x[0], layer.qkv.weight).view(12, 3, 2, 8).unbind(1)
+    expected = F.normalize(k[:, 1], dim=-1) @ F.normalize(q[2 * 4 + 1, 1], dim=-1) / np.pi
+    np.testing.assert_allclose(qmap.maps['head 1'].ravel(), expected.detach().numpy(), rtol=1e-10)
+    with pytest.raises(ValueError, match='hw_shape'):
+        query_map(layer, LayerCall((x, ), {}, None), (0, 0), (3, 4))
