@@ -1,4 +1,4 @@
-"""Where one query pixel attends in one attention layer, for ``tools/analysis_tools/vis_attention.py``.
+"""Where one query pixel attends in one attention layer (``tools/analysis_tools/vis_attention.py``).
 
 A family makes its attention visible by registering a hook for its attention module class with
 :func:`register_attention_hook`. The model runs once on the image while the layer's call (its
@@ -84,24 +84,40 @@ def attention_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 
 @contextlib.contextmanager
 def _capture(namespace, name: str, calls: list):
-    """Replaces ``namespace.name`` (a function the layer calls) by a recording wrapper."""
+    """Replaces ``namespace.name`` (a function the layer calls: a module global, or a method of
+    the layer instance) by a wrapper recording ``(args, kwargs, output)`` of every call."""
     original = getattr(namespace, name)
+    own = name in vars(namespace)  # a module global, not a method looked up on the class
 
     def recorder(*args, **kwargs):
-        calls.append((args, kwargs))
-        return original(*args, **kwargs)
+        out = original(*args, **kwargs)
+        calls.append((args, kwargs, out))
+        return out
 
     setattr(namespace, name, recorder)
     try:
         yield
     finally:
-        setattr(namespace, name, original)
+        if own:
+            setattr(namespace, name, original)
+        else:
+            delattr(namespace, name)
 
 
 def _window(weights: torch.Tensor, valid: torch.Tensor, k: int) -> np.ndarray:
     out = weights.detach().double().reshape(k, k).cpu().numpy().copy()
     out[~valid.reshape(k, k).cpu().numpy()] = np.nan
     return out
+
+
+def _window_maps(a: torch.Tensor, valid: torch.Tensor,
+                 k: int) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+    """Per-head and mean ``(k, k)`` windows of ``a`` ``(heads, k*k)``, and each head's weight on
+    the taps outside the map."""
+    maps = {f'head {i}': _window(a[i], valid, k) for i in range(a.shape[0])}
+    maps['mean over heads'] = _window(a.mean(0), valid, k)
+    outside = {f'head {i}': float(a[i][~valid.flatten()].sum()) for i in range(a.shape[0])}
+    return maps, outside
 
 
 def _valid_taps(row: int, col: int, h: int, w: int, k: int, dilation: int) -> torch.Tensor:
@@ -146,9 +162,7 @@ def _elsa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
     row, col = image_to_map(query_px, image_size, (h, w))
     valid = _valid_taps(row, col, h, w, k, dilation)
     a = attn[0, :, :, row, col]  # (heads, k*k)
-    maps = {f'head {i}': _window(a[i], valid, k) for i in range(heads)}
-    maps['mean over heads'] = _window(a.mean(0), valid, k)
-    outside = {name: float(a[i][~valid.flatten()].sum()) for i, name in enumerate(list(maps)[:-1])}
+    maps, outside = _window_maps(a, valid, k)
     if mul is not None or add is not None:
         c = v.shape[1]
         eff = a.repeat_interleave(c // heads, dim=0)  # per channel (C, k*k)
@@ -172,13 +186,10 @@ def _sasa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
     logits = na2d_qk_reference(q, k, kernel, dilation, kwargs.get('border', 'mask'),
                                kwargs.get('rpb'), kwargs.get('rpe'), kwargs.get('scale'))
     attn = logits.softmax(-1)  # (1, heads, H, W, k*k), 0 at masked taps
-    _, heads, h, w, _ = attn.shape
+    _, _, h, w, _ = attn.shape
     row, col = image_to_map(query_px, image_size, (h, w))
     valid = _valid_taps(row, col, h, w, kernel, dilation)
-    a = attn[0, :, row, col]
-    maps = {f'head {i}': _window(a[i], valid, kernel) for i in range(heads)}
-    maps['mean over heads'] = _window(a.mean(0), valid, kernel)
-    outside = {name: float(a[i][~valid.flatten()].sum()) for i, name in enumerate(list(maps)[:-1])}
+    maps, outside = _window_maps(attn[0, :, row, col], valid, kernel)
     return QueryMap(maps, (row, col), (h, w), dilation, outside)
 
 
@@ -237,31 +248,32 @@ def _plg_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
     return QueryMap(maps, (row, col), (h, w), outside=outside, layout='grid')
 
 
+def _angular_kernel(q: torch.Tensor, k: torch.Tensor, eps: float) -> torch.Tensor:
+    """``q^ . k^ / pi`` of one query ``(heads, d)`` over keys ``(heads, n, d)``: ``(heads, n)``."""
+    import torch.nn.functional as F
+    q_hat = F.normalize(q.double(), dim=-1, eps=eps)
+    k_hat = F.normalize(k.double(), dim=-1, eps=eps)
+    return torch.einsum('hd,hnd->hn', q_hat, k_hat) / np.pi
+
+
 def _castling_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
                    image_size: Tuple[int, int]) -> QueryMap:
     """``q^ . k^ / pi`` of the query over the patch tokens (the linear-angular kernel)."""
-    import torch.nn.functional as F
     hw = call.args[1] if len(call.args) > 1 else call.kwargs.get('hw_shape')
     extra = call.args[2] if len(call.args) > 2 else call.kwargs.get('num_extra_tokens', 0)
     if hw is None:
         raise ValueError(f'{type(layer).__name__} was called without hw_shape: the patch grid '
                          'of its tokens is unknown')
     calls: list = []
-    original = layer._angular
-    layer._angular = lambda *a: calls.append(a) or original(*a)
-    try:
+    with _capture(layer, '_angular', calls):
         _rerun(layer, call)
-    finally:
-        del layer._angular
-    q, k = calls[-1][0], calls[-1][1]
+    q, k = calls[-1][0][:2]
     if k.shape[2] != q.shape[2]:
         raise ValueError(f'{type(layer).__name__}: keys pooled to another grid than the queries '
                          'are not drawable')
     h, w = hw
     row, col = image_to_map(query_px, image_size, (h, w))
-    q_hat = F.normalize(q[0, :, extra + row * w + col].double(), dim=-1, eps=layer.norm_eps)
-    k_hat = F.normalize(k[0, :, extra:].double(), dim=-1, eps=layer.norm_eps)
-    weights = torch.einsum('hd,hnd->hn', q_hat, k_hat) / np.pi
+    weights = _angular_kernel(q[0, :, extra + row * w + col], k[0, :, extra:], layer.norm_eps)
     return QueryMap(_per_head(weights, (h, w)), (row, col), (h, w), layout='grid')
 
 
@@ -269,27 +281,13 @@ def _castling_mvit_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, 
                         image_size: Tuple[int, int]) -> QueryMap:
     """Multi-scale linear-angular attention: ``q^ . k^ / pi`` of the query's cell on the
     (pooled) query grid over the pooled key grid, drawn as that grid's cells."""
-    import torch.nn.functional as F
-
     import mmattn.layers.linear_angular_attention as la
-    pooled: list = []
-    original = la.pool_tokens
-
-    def recorder(*args, **kwargs):
-        out = original(*args, **kwargs)
-        pooled.append(out)
-        return out
-
-    la.pool_tokens = recorder
-    try:
+    calls: list = []
+    with _capture(la, 'pool_tokens', calls):
         _, q_hw = _rerun(layer, call)
-    finally:
-        la.pool_tokens = original
-    (q, _), (k, kv_hw) = pooled[0], (pooled[1][0], pooled[2][1])
+    (q, _), (k, kv_hw) = calls[0][2], (calls[1][2][0], calls[2][2][1])  # q, k, v poolings
     row, col = image_to_map(query_px, image_size, q_hw)
-    q_hat = F.normalize(q[0, :, row * q_hw[1] + col].double(), dim=-1, eps=layer.norm_eps)
-    k_hat = F.normalize(k[0].double(), dim=-1, eps=layer.norm_eps)
-    weights = torch.einsum('hd,hnd->hn', q_hat, k_hat) / np.pi
+    weights = _angular_kernel(q[0, :, row * q_hw[1] + col], k[0], layer.norm_eps)
     return QueryMap(_per_head(weights, tuple(kv_hw)), (row, col), tuple(q_hw), layout='grid')
 
 
