@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import os.path as osp
+import platform
 import sys
 
 from setuptools import find_packages, setup
@@ -28,6 +29,21 @@ from setuptools import find_packages, setup
 ROOT = osp.dirname(osp.abspath(__file__))
 CSRC = osp.join('mmattn', 'ops', 'csrc')
 WITH_OPS = os.getenv('MMATTN_WITH_OPS', '1') != '0'
+# The vectorised CPU kernels are built once per ATen CPU capability; cpu/isa/*_<isa>.cpp get these
+# flags (x86-64 only; elsewhere only the DEFAULT build of the same code exists).
+ISA_FLAGS = {
+    'avx2': ['-mavx2', '-mfma', '-mf16c', '-mbmi2'],
+    'avx512': ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma', '-mf16c',
+               '-mbmi2'],
+}
+
+
+def isa_sources() -> dict:
+    """{isa: sources} of the per-capability kernel builds for this machine's architecture."""
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return {}
+    return {isa: sorted(glob.glob(osp.join(CSRC, 'cpu', 'isa', f'*_{isa}.cpp')))
+            for isa in ISA_FLAGS}
 
 NO_TORCH = """
 mmattn: torch is not importable by this build, and mmattn's operators are compiled against it.
@@ -88,7 +104,8 @@ def get_extensions() -> list:
     # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 from torch
     # 2.13 on; torch >= 2.14 rejects C++17), and nvcc refuses a second -std.
     cxx_flags = ['-O3', '-fopenmp']
-    define_macros = []
+    define_macros = [(f'MMATTN_HAVE_{isa.upper()}', None) for isa, srcs in isa_sources().items()
+                     if srcs]
     cuda = with_cuda(torch)
     if cuda and torch.version.cuda is None:
         raise RuntimeError('FORCE_CUDA=1 needs a CUDA build of torch; this torch is '
@@ -116,6 +133,21 @@ def get_cmdclass() -> dict:
     class BuildExtensionWithRecord(BuildExtension):
         """torch's ``BuildExtension`` that also writes ``_build.json`` next to the extension
         (in the wheel, or in the checkout for an editable install)."""
+
+        def build_extension(self, ext) -> None:
+            # Per-file flags, which torch's ninja build does not have: the capability builds are
+            # compiled first, with their -m flags, and linked in as extra objects.
+            cflags = ext.extra_compile_args
+            cflags = list(cflags['cxx'] if isinstance(cflags, dict) else cflags)
+            objects = []
+            for isa, sources in isa_sources().items():
+                if sources:
+                    objects += self.compiler.compile(
+                        sources, output_dir=self.build_temp, macros=ext.define_macros,
+                        include_dirs=ext.include_dirs, extra_postargs=cflags + ISA_FLAGS[isa],
+                        depends=ext.depends)
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+            super().build_extension(ext)
 
         def run(self) -> None:
             super().run()

@@ -45,7 +45,8 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     if not has_compiled_ops():
         return na2d_reference(q, k, v, kernel_size, dilation, border, rpb, rpe, bias, scale)
     clamp = border == 'clamp'
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if q.device.type != 'cpu':  # the CPU kernels copy any strides into their own layout
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     rpb = None if rpb is None else rpb.contiguous()
     rpe = None if rpe is None else rpe.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -63,7 +64,10 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
 
 
 def _register() -> None:
-    """Fake kernels and autograd of the ``mmattn::na2d_*`` ops (once, on first import)."""
+    """Fake kernels and autograd of the ``mmattn::na2d_*`` ops (once, on first import).
+
+    The kernels return contiguous tensors whatever the input strides (the CPU entry points
+    accept strided q/k/v), so the fakes do too: ``new_empty(shape)``, not ``empty_like``."""
     lib = torch.library
 
     @lib.register_fake('mmattn::na2d_qk')
@@ -74,20 +78,20 @@ def _register() -> None:
     def _qk_backward_fake(grad, q, k, rpe, kernel_size, dilation, clamp, scale, with_rpb):
         r = 2 * kernel_size - 1
         drpb = q.new_empty((q.shape[1], r, r)) if with_rpb else q.new_empty(0)
-        drpe = torch.empty_like(rpe) if rpe is not None else q.new_empty(0)
-        return torch.empty_like(q), torch.empty_like(k), drpb, drpe
+        drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty(0)
+        return q.new_empty(q.shape), k.new_empty(k.shape), drpb, drpe
 
     @lib.register_fake('mmattn::na2d_av')
     def _av_fake(attn, v, kernel_size, dilation, clamp):
-        return torch.empty_like(v)
+        return v.new_empty(v.shape)
 
     @lib.register_fake('mmattn::na2d_av_backward')
     def _av_backward_fake(grad, attn, v, kernel_size, dilation, clamp):
-        return torch.empty_like(attn), torch.empty_like(v)
+        return attn.new_empty(attn.shape), v.new_empty(v.shape)
 
     @lib.register_fake('mmattn::na2d_fused')
     def _fused_fake(q, k, v, rpb, rpe, bias, kernel_size, dilation, clamp, scale):
-        return torch.empty_like(q)
+        return q.new_empty(q.shape)
 
     def qk_setup(ctx, inputs, output):
         q, k, rpb, rpe, kernel_size, dilation, clamp, scale = inputs

@@ -2,7 +2,14 @@
 
 For each op and shape: forward (inference, no grad) and forward+backward time, median of
 ``--repeats`` runs after ``--warmup`` runs, and peak memory above the inputs; then the ratios
-reference / compiled. Both sides are measured in the same run, on the same inputs.
+reference / compiled. Both sides are measured in the same run, on the same inputs, and their
+repeats are interleaved (round r runs every implementation once), so that machine drift hits
+both alike.
+
+Roofline: each case's FLOPs (the multiply-adds of its attention products, 2 FLOPs each; the
+backward counted as twice the forward) give the achieved GFLOP/s, printed beside the machine's
+fp32 GEMM rate (a 1024x1024 ``torch.mm``) measured in the same run, interleaved with the cases,
+and their ratio: the fraction of what the machine's matrix unit sustains.
 
 Peak memory: on CUDA, torch's peak allocator statistics. On CPU, the growth of the resident-set
 high-water mark (Linux VmHWM, reset through /proc/self/clear_refs) over one call, measured in a
@@ -29,7 +36,13 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,  # noqa: E402
                         has_compiled_ops, na2d, na2d_reference)
-from mmattn.utils.benchmark import cpu_memory_env, median_seconds, peak_mib  # noqa: E402
+from mmattn.utils.benchmark import cpu_memory_env, interleaved_medians, peak_mib  # noqa: E402
+
+
+def cpu_kernels() -> str:
+    """The build of mmattn's vectorised CPU kernels in use (AVX512, AVX2 or DEFAULT)."""
+    from mmattn import _C
+    return _C.cpu_kernels()
 
 
 @dataclass
@@ -39,6 +52,7 @@ class Case:
     make: Callable[..., Dict[str, torch.Tensor]]
     run: Callable[..., torch.Tensor]
     ref: Callable[..., torch.Tensor]
+    flops: float  # of the forward; forward+backward counts 3x
 
 
 def na2d_case(B: int, heads: int, H: int, W: int, D: int, k: int, border: str = 'mask',
@@ -54,6 +68,7 @@ def na2d_case(B: int, heads: int, H: int, W: int, D: int, k: int, border: str = 
     return Case(
         name=f'na2d B={B} heads={heads} {H}x{W} D={D} k={k} {border}{" rpb" if with_rpb else ""}',
         make=make,
+        flops=2 * 2 * B * heads * H * W * k * k * D,  # q.k and attn.v
         run=lambda t: na2d(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb')),
         ref=lambda t: na2d_reference(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb')))
 
@@ -70,6 +85,7 @@ def ghost_case(B: int, C: int, G: int, H: int, W: int, k: int) -> Case:
     return Case(
         name=f'ghost_head_aggregate B={B} C={C} G={G} {H}x{W} k={k} mul+add',
         make=make,
+        flops=2 * 2 * B * C * H * W * k * k,  # the tap weight (attn*M+S) and its product
         run=lambda t: ghost_head_aggregate(t['v'], t['attn'], t['mul'], t['add'], k),
         ref=lambda t: ghost_head_aggregate_reference(t['v'], t['attn'], t['mul'], t['add'], k))
 
@@ -77,6 +93,8 @@ def ghost_case(B: int, C: int, G: int, H: int, W: int, k: int) -> Case:
 CASES = {
     'na2d': na2d_case(2, 4, 56, 56, 32, 7),
     'na2d-clamp': na2d_case(2, 4, 56, 56, 32, 7, border='clamp'),
+    # the shape of SASA-ResNet-50's first stage at 224x224: 8 heads of 8 channels (D < one vector)
+    'na2d-sasa': na2d_case(1, 8, 56, 56, 8, 7, with_rpb=False),
     'ghost': ghost_case(2, 96, 3, 56, 56, 7),
 }
 
@@ -89,6 +107,8 @@ class Row:
     forward_mib: float
     train_ms: float
     train_mib: float
+    forward_gflops: float
+    train_gflops: float
 
 
 def workloads(case: Case, impl: str, device: torch.device, dtype: torch.dtype):
@@ -121,13 +141,46 @@ def probe_memory(key: str, impl: str, device: torch.device, dtype: torch.dtype) 
     return json.loads(out.strip().splitlines()[-1])
 
 
-def bench_case(key: str, impl: str, device: torch.device, dtype: torch.dtype, warmup: int,
-               repeats: int) -> Row:
-    forward, train = workloads(CASES[key], impl, device, dtype)
-    fwd_s = median_seconds(forward, device, warmup, repeats)
-    train_s = median_seconds(train, device, warmup, repeats)
-    fwd_mib, train_mib = probe_memory(key, impl, device, dtype)
-    return Row(CASES[key].name, impl, fwd_s * 1e3, fwd_mib, train_s * 1e3, train_mib)
+def synced(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    if device.type != 'cuda':
+        return fn
+
+    def call():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return call
+
+
+def gemm(device: torch.device, n: int = 1024) -> Callable[[], None]:
+    """An fp32 n x n matrix product: the machine's reference rate (2 n^3 FLOPs)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
+    return lambda: torch.mm(a, b)
+
+
+def bench_cases(keys: List[str], device: torch.device, dtype: torch.dtype, warmup: int,
+                repeats: int):
+    """Rows of every case and implementation, and the GEMM rate (GFLOP/s); all timings of
+    the run interleaved with each other."""
+    fns = {'gemm': synced(gemm(device), device)}
+    for key in keys:
+        for impl in ('compiled', 'reference'):
+            forward, train = workloads(CASES[key], impl, device, dtype)
+            fns[f'{key}/{impl}/forward'] = synced(forward, device)
+            fns[f'{key}/{impl}/train'] = synced(train, device)
+    med = interleaved_medians(fns, warmup, repeats)
+    gemm_gflops = 2 * 1024**3 / med['gemm'] / 1e9
+    rows = {}
+    for key in keys:
+        case = CASES[key]
+        for impl in ('compiled', 'reference'):
+            fwd_s, train_s = med[f'{key}/{impl}/forward'], med[f'{key}/{impl}/train']
+            fwd_mib, train_mib = probe_memory(key, impl, device, dtype)
+            rows[key, impl] = Row(case.name, impl, fwd_s * 1e3, fwd_mib, train_s * 1e3,
+                                  train_mib, case.flops / fwd_s / 1e9,
+                                  3 * case.flops / train_s / 1e9)
+    return rows, gemm_gflops
 
 
 def main(argv=None) -> None:
@@ -143,6 +196,7 @@ def main(argv=None) -> None:
     parser.add_argument('--memory-probe', nargs=2, metavar=('CASE', 'IMPL'),
                         help=argparse.SUPPRESS)  # internal: the CPU memory child process
     args = parser.parse_args(argv)
+    print(f'CPU kernels: {cpu_kernels()}')
     if not has_compiled_ops():
         raise SystemExit('mmattn._C is not built: nothing to compare (pip install -e .)')
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -152,35 +206,42 @@ def main(argv=None) -> None:
                                                                      dtype)]))
         return
 
-    rows: List[Row] = []
-    summary = []
     print(f'device={device} dtype={args.dtype} threads={torch.get_num_threads()} '
-          f'median of {args.repeats} (warm-up {args.warmup})')
-    header = f'{"case":58s} {"impl":9s} {"fwd ms":>9s} {"fwd MiB":>9s} {"f+b ms":>9s} {"f+b MiB":>9s}'
+          f'median of {args.repeats} (warm-up {args.warmup}), repeats interleaved')
+    table, gemm_gflops = bench_cases(args.cases, device, dtype, args.warmup, args.repeats)
+    header = (f'{"case":58s} {"impl":9s} {"fwd ms":>9s} {"fwd MiB":>9s} {"f+b ms":>9s} '
+              f'{"f+b MiB":>9s} {"fwd GF/s":>9s} {"f+b GF/s":>9s}')
     print(header)
     print('-' * len(header))
+    rows: List[Row] = []
+    summary = []
     for key in args.cases:
-        case = CASES[key]
-        pair = {impl: bench_case(key, impl, device, dtype, args.warmup, args.repeats)
-                for impl in ('compiled', 'reference')}
+        pair = {impl: table[key, impl] for impl in ('compiled', 'reference')}
         for row in pair.values():
             rows.append(row)
             print(f'{row.case:58s} {row.impl:9s} {row.forward_ms:9.2f} {row.forward_mib:9.1f} '
-                  f'{row.train_ms:9.2f} {row.train_mib:9.1f}')
+                  f'{row.train_ms:9.2f} {row.train_mib:9.1f} {row.forward_gflops:9.1f} '
+                  f'{row.train_gflops:9.1f}')
         c, r = pair['compiled'], pair['reference']
-        ratios = dict(case=case.name, forward_speedup=r.forward_ms / c.forward_ms,
-                      train_speedup=r.train_ms / c.train_ms,
-                      train_memory_ratio=c.train_mib / max(r.train_mib, 1e-9))
-        summary.append(ratios)
+        summary.append(dict(case=c.case, forward_speedup=r.forward_ms / c.forward_ms,
+                            train_speedup=r.train_ms / c.train_ms,
+                            train_memory_ratio=c.train_mib / max(r.train_mib, 1e-9),
+                            forward_roofline=c.forward_gflops / gemm_gflops,
+                            train_roofline=c.train_gflops / gemm_gflops))
     print()
-    print('ratios (reference / compiled for time, compiled / reference for memory):')
+    print(f'fp32 GEMM rate (1024x1024 torch.mm, same run): {gemm_gflops:.1f} GFLOP/s')
+    print('ratios (reference / compiled for time, compiled / reference for memory; roofline: '
+          'compiled GFLOP/s / GEMM rate):')
     for s in summary:
         print(f'  {s["case"]}: forward {s["forward_speedup"]:.2f}x faster, '
               f'forward+backward {s["train_speedup"]:.2f}x faster, '
-              f'forward+backward peak memory {s["train_memory_ratio"]:.3f} of the reference')
+              f'forward+backward peak memory {s["train_memory_ratio"]:.3f} of the reference; '
+              f'roofline forward {100 * s["forward_roofline"]:.1f}%, '
+              f'forward+backward {100 * s["train_roofline"]:.1f}%')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(device), dtype=args.dtype, threads=torch.get_num_threads(),
+                           cpu_kernels=cpu_kernels(), gemm_gflops=gemm_gflops,
                            rows=[asdict(r) for r in rows], ratios=summary), f, indent=2)
         print(f'wrote {args.json}')
 

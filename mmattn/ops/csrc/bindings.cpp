@@ -101,9 +101,26 @@ TORCH_LIBRARY(mmattn, m) {
         "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
-// mmattn._C holds no Python functions: importing it runs the registrations above.
+namespace mmattn {
+namespace cpu {
+const char* na2d_cpu_kernels();  // na2d.cpp
+}  // namespace cpu
+}  // namespace mmattn
+
+// mmattn._C.cpu_kernels(): which build of the vectorised CPU kernels runs ("AVX512", "AVX2" or
+// "DEFAULT"), from ATen's CPU capability (ATEN_CPU_CAPABILITY can lower it). Importing the
+// module also runs the operator registrations above.
+static PyObject* cpu_kernels(PyObject*, PyObject*) {
+  return PyUnicode_FromString(mmattn::cpu::na2d_cpu_kernels());
+}
+
+static PyMethodDef mmattn_c_methods[] = {
+    {"cpu_kernels", cpu_kernels, METH_NOARGS,
+     "The CPU capability whose kernel build runs: AVX512, AVX2 or DEFAULT."},
+    {nullptr, nullptr, 0, nullptr}};
+
 static struct PyModuleDef mmattn_c_module = {PyModuleDef_HEAD_INIT, "_C",
                                              "mmattn compiled operators (torch.ops.mmattn)", -1,
-                                             nullptr};
+                                             mmattn_c_methods};
 
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&mmattn_c_module); }

@@ -3,9 +3,9 @@
 //   out[b,c,i,j] = sum_{u,v} x[b,c,i+(u-r)d,j+(v-r)d] * (attn[b,g,u*k+v,i,j] * M[c,u,v] + S[c,u,v])
 //
 // Layout: x, out (B, C, H, W); attn (B, G, k*k, H, W); M, S (C, k, k), broadcast over the batch.
-// Inner loops run along the contiguous W axis. Each output row is written by one thread; the
-// ghost-tensor gradients are reduced per channel by one thread each, so results are
-// deterministic.
+// The row kernels (ghost_vec.h) are vectorised along the contiguous W axis, built per CPU
+// capability and picked like na2d's. Each output row is written by one thread; the ghost-tensor
+// gradients are reduced per channel by one thread each, so results are deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -13,134 +13,52 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
-#include "../common/arith.h"
 #include "../ops.h"
 #include "cpu_utils.h"
+#include "ghost_kernels.h"
 
 namespace mmattn {
 namespace cpu {
 namespace {
 
-struct GhostGeometry {
-  int64_t B, C, G, H, W, k, d;
-  int64_t kk() const { return k * k; }
-  int64_t r() const { return k / 2; }
-  int64_t cpg() const { return C / G; }
-  // Columns j whose tap j + off lies inside [0, W).
-  int64_t j_begin(int64_t off) const { return std::max<int64_t>(0, -off); }
-  int64_t j_end(int64_t off) const { return std::min<int64_t>(W, W - off); }
+template <typename T>
+struct GhostKernels {
+  using Fn = void (*)(const GhostGeometry&, const GhostBuffers<T>&, int64_t, int64_t);
+  Fn forward, backward_x, backward_attn, backward_filters;
 };
 
 template <typename T>
-void ghost_forward(const T* x, const T* attn, const T* mul, const T* add, T* out,
-                   const GhostGeometry g) {
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  at::parallel_for(0, g.B * g.C * g.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bc = row / g.H, i = row % g.H, b = bc / g.C, c = bc % g.C;
-      const int64_t grp = c / g.cpg();
-      T* orow = out + row * g.W;
-      std::memset(orow, 0, sizeof(T) * g.W);
-      for (int64_t u = 0; u < g.k; ++u) {
-        const int64_t ii = i + (u - g.r()) * g.d;
-        if (ii < 0 || ii >= g.H) continue;
-        const T* xrow = x + bc * HW + ii * g.W;
-        for (int64_t v = 0; v < g.k; ++v) {
-          const int64_t s = u * g.k + v, off = (v - g.r()) * g.d;
-          const T m = mul ? mul[c * kk + s] : T(1), a = add ? add[c * kk + s] : T(0);
-          const T* arow = attn + ((b * g.G + grp) * kk + s) * HW + i * g.W;
-          for (int64_t j = g.j_begin(off); j < g.j_end(off); ++j)
-            orow[j] += xrow[j + off] * ghost_weight<T>(arow[j], m, a);
-        }
-      }
-    }
-  });
+GhostKernels<T> ghost_kernels() {
+  const std::string isa = na2d_cpu_kernels();
+#if defined(MMATTN_HAVE_AVX512)
+  if (isa == "AVX512")
+    return {&AVX512::ghost_forward_rows, &AVX512::ghost_backward_x_rows,
+            &AVX512::ghost_backward_attn_rows, &AVX512::ghost_backward_filters_rows};
+#endif
+#if defined(MMATTN_HAVE_AVX2)
+  if (isa == "AVX2")
+    return {&AVX2::ghost_forward_rows, &AVX2::ghost_backward_x_rows,
+            &AVX2::ghost_backward_attn_rows, &AVX2::ghost_backward_filters_rows};
+#endif
+  return {&DEFAULT::ghost_forward_rows, &DEFAULT::ghost_backward_x_rows,
+          &DEFAULT::ghost_backward_attn_rows, &DEFAULT::ghost_backward_filters_rows};
 }
 
-// d_x: the transpose of the forward, row by row of x.
 template <typename T>
-void ghost_backward_x(const T* grad, const T* attn, const T* mul, const T* add, T* dx,
-                      const GhostGeometry g) {
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  at::parallel_for(0, g.B * g.C * g.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bc = row / g.H, pi = row % g.H, b = bc / g.C, c = bc % g.C;
-      const int64_t grp = c / g.cpg();
-      T* dxrow = dx + row * g.W;
-      std::memset(dxrow, 0, sizeof(T) * g.W);
-      for (int64_t u = 0; u < g.k; ++u) {
-        const int64_t i = pi - (u - g.r()) * g.d;  // the query row that reads row pi at tap u
-        if (i < 0 || i >= g.H) continue;
-        const T* grow = grad + bc * HW + i * g.W;
-        for (int64_t v = 0; v < g.k; ++v) {
-          const int64_t s = u * g.k + v, off = (v - g.r()) * g.d;
-          const T m = mul ? mul[c * kk + s] : T(1), a = add ? add[c * kk + s] : T(0);
-          const T* arow = attn + ((b * g.G + grp) * kk + s) * HW + i * g.W;
-          // dx[pj] += grad[j] * w[j] with pj = j + off
-          T* dxs = dxrow + off;
-          for (int64_t j = g.j_begin(off); j < g.j_end(off); ++j)
-            dxs[j] += grow[j] * ghost_weight<T>(arow[j], m, a);
-        }
-      }
-    }
-  });
+void run(typename GhostKernels<T>::Fn fn, int64_t n, const GhostGeometry& g,
+         const GhostBuffers<T>& p) {
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { fn(g, p, begin, end); });
 }
 
-// d_attn[b,g,s,i,j] = sum_{c in group g} grad[b,c,i,j] * x[b,c,tap] * M[c,s]
-template <typename T>
-void ghost_backward_attn(const T* grad, const T* x, const T* mul, T* dattn, const GhostGeometry g) {
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  at::parallel_for(0, g.B * g.G * g.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bg = row / g.H, i = row % g.H, b = bg / g.G, grp = bg % g.G;
-      for (int64_t s = 0; s < kk; ++s) {
-        const int64_t u = s / g.k, v = s % g.k, off = (v - g.r()) * g.d;
-        const int64_t ii = i + (u - g.r()) * g.d;
-        T* darow = dattn + (bg * kk + s) * HW + i * g.W;
-        std::memset(darow, 0, sizeof(T) * g.W);
-        if (ii < 0 || ii >= g.H) continue;
-        for (int64_t c = grp * g.cpg(); c < (grp + 1) * g.cpg(); ++c) {
-          const T m = mul ? mul[c * kk + s] : T(1);
-          const T* grow = grad + (b * g.C + c) * HW + i * g.W;
-          const T* xrow = x + (b * g.C + c) * HW + ii * g.W + off;
-          for (int64_t j = g.j_begin(off); j < g.j_end(off); ++j) darow[j] += grow[j] * xrow[j] * m;
-        }
-      }
-    }
-  });
-}
-
-// d_M[c,s] = sum_{b,i,j} grad * x[tap] * attn,  d_S[c,s] = sum_{b,i,j} grad * x[tap]
-template <typename T>
-void ghost_backward_filters(const T* grad, const T* x, const T* attn, T* dmul, T* dadd,
-                            const GhostGeometry g) {
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  at::parallel_for(0, g.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t grp = c / g.cpg();
-      for (int64_t s = 0; s < kk; ++s) {
-        const int64_t u = s / g.k, v = s % g.k, off = (v - g.r()) * g.d;
-        T sm = 0, sa = 0;
-        for (int64_t b = 0; b < g.B; ++b) {
-          for (int64_t i = 0; i < g.H; ++i) {
-            const int64_t ii = i + (u - g.r()) * g.d;
-            if (ii < 0 || ii >= g.H) continue;
-            const T* grow = grad + (b * g.C + c) * HW + i * g.W;
-            const T* xrow = x + (b * g.C + c) * HW + ii * g.W + off;
-            const T* arow = attn + ((b * g.G + grp) * kk + s) * HW + i * g.W;
-            for (int64_t j = g.j_begin(off); j < g.j_end(off); ++j) {
-              const T t = grow[j] * xrow[j];
-              sa += t;
-              sm += t * arow[j];
-            }
-          }
-        }
-        if (dmul) dmul[c * kk + s] = sm;
-        if (dadd) dadd[c * kk + s] = sa;
-      }
-    }
-  });
+// masks[v, i, j] = 1 where column j + (v - k/2)*d lies inside [0, W), else 0 (see ghost_vec.h).
+Tensor column_masks(const GhostGeometry& g, const at::TensorOptions& opts) {
+  const auto j = at::arange(g.W, opts.dtype(at::kLong));
+  const auto off = (at::arange(g.k, opts.dtype(at::kLong)) - g.r()) * g.d;
+  const auto col = j.unsqueeze(0) + off.unsqueeze(1);  // (k, W)
+  const auto valid = ((col >= 0) & (col < g.W)).to(opts.dtype());
+  return valid.unsqueeze(1).expand({g.k, g.H, g.W}).contiguous();
 }
 
 GhostGeometry ghost_geometry(const Tensor& v, const Tensor& attn, int64_t k, int64_t d) {
@@ -156,10 +74,13 @@ Tensor ghost_head_aggregate_cpu(const Tensor& v_in, const Tensor& attn_in, const
   const OptTensor mul = compute_dtype(mul_in), add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor out = at::empty_like(v);
+  const Tensor masks = column_masks(g, v.options());
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_cpu", [&] {
-    ghost_forward<scalar_t>(v.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
-                            data_or_null<scalar_t>(mul), data_or_null<scalar_t>(add),
-                            out.data_ptr<scalar_t>(), g);
+    GhostBuffers<scalar_t> p;
+    p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
+    p.mul = data_or_null<scalar_t>(mul), p.add = data_or_null<scalar_t>(add);
+    p.masks = masks.data_ptr<scalar_t>(), p.out = out.data_ptr<scalar_t>();
+    run<scalar_t>(ghost_kernels<scalar_t>().forward, g.B * g.C, g, p);
   });
   return out.to(v_in.scalar_type());
 }
@@ -174,19 +95,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
   const OptTensor mul = compute_dtype(mul_in), add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor dv = at::empty_like(v), dattn = at::empty_like(attn);
+  const Tensor masks = column_masks(g, v.options());
   Tensor dmul = with_mul ? at::empty({g.C, g.k, g.k}, v.options()) : Tensor();
   Tensor dadd = with_add ? at::empty({g.C, g.k, g.k}, v.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_backward_cpu", [&] {
-    const scalar_t* m = data_or_null<scalar_t>(mul);
-    ghost_backward_x<scalar_t>(grad.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), m,
-                               data_or_null<scalar_t>(add), dv.data_ptr<scalar_t>(), g);
-    ghost_backward_attn<scalar_t>(grad.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), m,
-                                  dattn.data_ptr<scalar_t>(), g);
-    if (with_mul || with_add)
-      ghost_backward_filters<scalar_t>(grad.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                       attn.data_ptr<scalar_t>(),
-                                       with_mul ? dmul.data_ptr<scalar_t>() : nullptr,
-                                       with_add ? dadd.data_ptr<scalar_t>() : nullptr, g);
+    const GhostKernels<scalar_t> kn = ghost_kernels<scalar_t>();
+    GhostBuffers<scalar_t> p;
+    p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
+    p.grad = grad.data_ptr<scalar_t>();
+    p.mul = data_or_null<scalar_t>(mul), p.add = data_or_null<scalar_t>(add);
+    p.masks = masks.data_ptr<scalar_t>();
+    p.out = dv.data_ptr<scalar_t>(), p.dattn = dattn.data_ptr<scalar_t>();
+    p.dmul = with_mul ? dmul.data_ptr<scalar_t>() : nullptr;
+    p.dadd = with_add ? dadd.data_ptr<scalar_t>() : nullptr;
+    run<scalar_t>(kn.backward_x, g.B * g.C, g, p);
+    run<scalar_t>(kn.backward_attn, g.B * g.G * g.kk(), g, p);
+    if (with_mul || with_add) run<scalar_t>(kn.backward_filters, g.C, g, p);
   });
   const auto dtype = v_in.scalar_type();
   return {dv.to(dtype), dattn.to(dtype), with_mul ? dmul.to(dtype) : none_like(v_in),

@@ -1,0 +1,208 @@
+// Vectorised row kernels of ELSA's ghost-head aggregation (see ghost_kernels.h):
+//
+//   out[b,c,i,j] = sum_{u,v} x[b,c,i+(u-r)d,j+(v-r)d] * (attn[b,g,u*k+v,i,j] * M[c,u,v] + S[c,u,v])
+//
+// Included once per CPU capability (like na2d_vec.h). Inner loops run along the contiguous W
+// axis with at::vec::Vectorized<T> and a masked tail; each output plane (or channel of d_M, d_S) is
+// written by one thread in a fixed order, so results are bit-identical from run to run.
+#pragma once
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "ghost_kernels.h"
+
+namespace mmattn {
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Each tap (u, v) is applied to a whole (H, W) plane at once, as one loop over the flattened
+// plane: a tap reads the plane shifted by du*W + dv, and mask_v (1 where column j + dv lies inside
+// [0, W), else 0) removes the reads that wrap into the neighbouring row. One long loop per tap
+// instead of one short loop per (row, tap) keeps the vector units busy on small maps.
+
+// The flattened range [n0, n1) of the positions whose tap at row offset du and plane shift
+// `shift` lies inside the plane.
+inline void tap_span(const GhostGeometry& g, int64_t du, int64_t shift, int64_t& n0,
+                     int64_t& n1) {
+  const int64_t HW = g.H * g.W;
+  n0 = std::max<int64_t>(std::max<int64_t>(0, -du) * g.W, -shift);
+  n1 = std::min<int64_t>(std::min<int64_t>(g.H, g.H - du) * g.W, HW - shift);
+}
+
+// y[n] += x[n] * (a[n] * m + s) * mask[n],  n < len
+template <typename T>
+inline void weighted_span(T* y, const T* x, const T* a, const T* mask, T m, T s, int64_t len) {
+  using V = Vectorized<T>;
+  const V vm(m), vs(s);
+  int64_t n = 0;
+  for (; n + V::size() <= len; n += V::size()) {
+    const V w = at::vec::fmadd(V::loadu(a + n), vm, vs) * V::loadu(mask + n);
+    at::vec::fmadd(V::loadu(x + n), w, V::loadu(y + n)).store(y + n);
+  }
+  if (n < len) {
+    const int64_t c = len - n;
+    const V w = at::vec::fmadd(V::loadu(a + n, c), vm, vs) * V::loadu(mask + n, c);
+    at::vec::fmadd(V::loadu(x + n, c), w, V::loadu(y + n, c)).store(y + n, c);
+  }
+}
+
+// y[n] += g[n] * x[n] * m * mask[n],  n < len
+template <typename T>
+inline void product_span(T* y, const T* g, const T* x, const T* mask, T m, int64_t len) {
+  using V = Vectorized<T>;
+  const V vm(m);
+  int64_t n = 0;
+  for (; n + V::size() <= len; n += V::size())
+    at::vec::fmadd(V::loadu(g + n) * V::loadu(x + n), V::loadu(mask + n) * vm, V::loadu(y + n))
+        .store(y + n);
+  if (n < len) {
+    const int64_t c = len - n;
+    at::vec::fmadd(V::loadu(g + n, c) * V::loadu(x + n, c), V::loadu(mask + n, c) * vm,
+                   V::loadu(y + n, c))
+        .store(y + n, c);
+  }
+}
+
+template <typename T>
+void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
+  const int64_t kk = g.kk(), HW = g.H * g.W;
+  for (int64_t bc = r0; bc < r1; ++bc) {  // (b, c) planes
+    const int64_t b = bc / g.C, c = bc % g.C, grp = c / g.cpg();
+    T* out = p.out + bc * HW;
+    std::memset(out, 0, sizeof(T) * HW);
+    for (int64_t s = 0; s < kk; ++s) {
+      const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
+      const int64_t shift = du * g.W + off;
+      int64_t n0, n1;
+      tap_span(g, du, shift, n0, n1);
+      if (n1 <= n0) continue;
+      const T m = p.mul ? p.mul[c * kk + s] : T(1), a = p.add ? p.add[c * kk + s] : T(0);
+      const T* attn = p.attn + ((b * g.G + grp) * kk + s) * HW;
+      weighted_span<T>(out + n0, p.x + bc * HW + n0 + shift, attn + n0, p.masks + v * HW + n0, m,
+                       a, n1 - n0);
+    }
+  }
+}
+
+// d_x: the transpose of the forward, plane by plane of x.
+template <typename T>
+void backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
+  const int64_t kk = g.kk(), HW = g.H * g.W;
+  for (int64_t bc = r0; bc < r1; ++bc) {
+    const int64_t b = bc / g.C, c = bc % g.C, grp = c / g.cpg();
+    T* dx = p.out + bc * HW;
+    std::memset(dx, 0, sizeof(T) * HW);
+    for (int64_t s = 0; s < kk; ++s) {
+      const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
+      const int64_t shift = du * g.W + off;
+      int64_t n0, n1;
+      tap_span(g, du, shift, n0, n1);
+      if (n1 <= n0) continue;
+      const T m = p.mul ? p.mul[c * kk + s] : T(1), a = p.add ? p.add[c * kk + s] : T(0);
+      const T* attn = p.attn + ((b * g.G + grp) * kk + s) * HW;
+      // dx[n + shift] += grad[n] * w[n]
+      weighted_span<T>(dx + n0 + shift, p.grad + bc * HW + n0, attn + n0, p.masks + v * HW + n0,
+                       m, a, n1 - n0);
+    }
+  }
+}
+
+// d_attn[b,g,s] = sum_{c in group g} grad[b,c] * x[b,c] shifted * M[c,s], plane by plane
+template <typename T>
+void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
+                        int64_t r1) {
+  const int64_t kk = g.kk(), HW = g.H * g.W;
+  for (int64_t plane = r0; plane < r1; ++plane) {  // (b, group, s)
+    const int64_t bg = plane / kk, s = plane % kk, b = bg / g.G, grp = bg % g.G;
+    const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
+    const int64_t shift = du * g.W + off;
+    T* da = p.dattn + plane * HW;
+    std::memset(da, 0, sizeof(T) * HW);
+    int64_t n0, n1;
+    tap_span(g, du, shift, n0, n1);
+    if (n1 <= n0) continue;
+    for (int64_t c = grp * g.cpg(); c < (grp + 1) * g.cpg(); ++c) {
+      const T m = p.mul ? p.mul[c * kk + s] : T(1);
+      const int64_t base = (b * g.C + c) * HW;
+      product_span<T>(da + n0, p.grad + base + n0, p.x + base + n0 + shift,
+                      p.masks + v * HW + n0, m, n1 - n0);
+    }
+  }
+}
+
+// d_M[c,s] = sum_{b,i,j} grad * x[tap] * attn,  d_S[c,s] = sum_{b,i,j} grad * x[tap]
+template <typename T>
+void backward_filters_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t c0,
+                           int64_t c1) {
+  using V = Vectorized<T>;
+  const int64_t kk = g.kk(), HW = g.H * g.W;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t grp = c / g.cpg();
+    for (int64_t s = 0; s < kk; ++s) {
+      const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
+      const int64_t shift = du * g.W + off;
+      int64_t n0, n1;
+      tap_span(g, du, shift, n0, n1);
+      V vm(T(0)), va(T(0));
+      for (int64_t b = 0; b < g.B && n1 > n0; ++b) {
+        const T* gr = p.grad + (b * g.C + c) * HW + n0;
+        const T* xs = p.x + (b * g.C + c) * HW + n0 + shift;
+        const T* at = p.attn + ((b * g.G + grp) * kk + s) * HW + n0;
+        const T* mk = p.masks + v * HW + n0;
+        const int64_t len = n1 - n0;
+        int64_t n = 0;
+        for (; n + V::size() <= len; n += V::size()) {
+          const V t = V::loadu(gr + n) * V::loadu(xs + n) * V::loadu(mk + n);
+          va = va + t;
+          vm = at::vec::fmadd(t, V::loadu(at + n), vm);
+        }
+        if (n < len) {
+          const int64_t cnt = len - n;
+          const V t = V::loadu(gr + n, cnt) * V::loadu(xs + n, cnt) * V::loadu(mk + n, cnt);
+          va = va + t;
+          vm = at::vec::fmadd(t, V::loadu(at + n, cnt), vm);
+        }
+      }
+      T lm[V::size()], la[V::size()];
+      vm.store(lm);
+      va.store(la);
+      T sm = 0, sa = 0;
+      for (int64_t l = 0; l < V::size(); ++l) sm += lm[l], sa += la[l];
+      if (p.dmul) p.dmul[c * kk + s] = sm;
+      if (p.dadd) p.dadd[c * kk + s] = sa;
+    }
+  }
+}
+
+}  // namespace
+
+#define MMATTN_GHOST_KERNEL_DEFS(T)                                                          \
+  void ghost_forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,      \
+                          int64_t r1) {                                                      \
+    forward_rows<T>(g, p, r0, r1);                                                           \
+  }                                                                                          \
+  void ghost_backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,   \
+                             int64_t r1) {                                                   \
+    backward_x_rows<T>(g, p, r0, r1);                                                        \
+  }                                                                                          \
+  void ghost_backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p,            \
+                                int64_t r0, int64_t r1) {                                    \
+    backward_attn_rows<T>(g, p, r0, r1);                                                     \
+  }                                                                                          \
+  void ghost_backward_filters_rows(const GhostGeometry& g, const GhostBuffers<T>& p,         \
+                                   int64_t r0, int64_t r1) {                                 \
+    backward_filters_rows<T>(g, p, r0, r1);                                                  \
+  }
+
+MMATTN_GHOST_KERNEL_DEFS(float)
+MMATTN_GHOST_KERNEL_DEFS(double)
+#undef MMATTN_GHOST_KERNEL_DEFS
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace mmattn

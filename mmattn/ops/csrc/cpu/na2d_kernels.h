@@ -1,0 +1,75 @@
+// Interface between the na2d CPU entry points (na2d.cpp) and their vectorised row kernels
+// (na2d_vec.h), which are compiled once per CPU capability (DEFAULT, AVX2, AVX512) and picked at
+// run time from ATen's capability (at::native::get_cpu_capability(), ATEN_CPU_CAPABILITY).
+//
+// Strip layout. The kernels read q, k, v (and the k*k weights of the backward passes) from a
+// "strip" copy: per (batch, head, row) plane a (C, Wp) block, C = D or k*k, W-contiguous, with P =
+// (k/2)*dilation zero columns on the left and at least P on the right, and Wp - 2P a multiple of
+// 16 (the widest vector). A vector of L consecutive queries j0..j0+L-1 then reads the keys of
+// window column b with one unaligned load at column P + j0 + (b - k/2)*dilation, for every d.
+// This holds for every query whose window is not shifted by the border, that is for all of them
+// with border 'mask' (taps outside the map are masked) and for the columns [P, W - P) with
+// border 'clamp'; the few clamped border columns are computed per query ("scalar fix-ups").
+#pragma once
+#include <cstdint>
+
+namespace mmattn {
+namespace cpu {
+
+struct StripGeometry {
+  int64_t B, heads, H, W, D, k, d;
+  bool clamp;
+  int64_t P;   // left (and minimum right) zero padding, (k/2)*d
+  int64_t Wp;  // padded row length: 2P + W rounded up to 16
+  int64_t rows() const { return B * heads * H; }
+  int64_t kk() const { return k * k; }
+  int64_t r() const { return k / 2; }
+  int64_t R() const { return 2 * k - 1; }
+  // Clamped window columns (their window is not the centred one), 'clamp' mode only.
+  bool border_col(int64_t j) const { return clamp && (j < P || j >= W - P); }
+};
+
+template <typename T>
+struct Na2dBuffers {
+  const T* q_s = nullptr;  // strip layout (rows, D, Wp): q, or d_out for d_attn
+  const T* k_s = nullptr;  // strip layout (rows, D, Wp): k, v (d_attn, av) or k (d_q)
+  const T* v_s = nullptr;  // strip layout (rows, D, Wp): v of the fused kernel
+  const T* w_s = nullptr;  // strip layout (rows, k*k, Wp): attn or d_logits, invalid slots zeroed
+  const T* w = nullptr;    // (rows, W, k*k): the same weights in the op's layout (fix-ups)
+  const T* src_s = nullptr;  // strip layout (rows, D, Wp): q (d_k) or d_out (d_v)
+  const T* rpb = nullptr;  // (heads, 2k-1, 2k-1)
+  const T* rpe = nullptr;  // (heads, k, k, D)
+  const T* bias = nullptr;  // (rows, W, k*k)
+  T* out = nullptr;         // (rows, W, D), or strip layout (rows, k*k, Wp) for logits
+  T* rpb_part = nullptr;    // (rows, 2k-1, 2k-1) per-row partial sums of d_rpb
+  T scale = 1;
+  T invalid = 0;  // the logit of an invalid slot: -inf (na2d_qk) or 0 (d_attn)
+};
+
+// Kernels over the rows [r0, r1) of the (B*heads*H) query (or key) rows; each writes only its
+// rows' outputs.
+//   fused:     out = softmax(scale * q.(k + rpe) + rpb + bias) v            (inference)
+//   logits:    out_s[t] = scale * q.(k[t] + rpe[t]) + rpb[t], `invalid` on invalid slots
+//   aggregate: out = scale * sum_t w[t] (k[t] + rpe[t]), and d_rpb partials from w
+//   inverse:   out[key] = scale * sum over the queries that see key: w[query, slot] src[query]
+#define MMATTN_NA2D_KERNEL_DECLS                                                                \
+  void fused_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);          \
+  void fused_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);         \
+  void logits_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);         \
+  void logits_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);        \
+  void aggregate_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);      \
+  void aggregate_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);     \
+  void inverse_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);        \
+  void inverse_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);       \
+  int64_t vector_lanes_float();
+
+namespace DEFAULT { MMATTN_NA2D_KERNEL_DECLS }
+#ifdef MMATTN_HAVE_AVX2
+namespace AVX2 { MMATTN_NA2D_KERNEL_DECLS }
+#endif
+#ifdef MMATTN_HAVE_AVX512
+namespace AVX512 { MMATTN_NA2D_KERNEL_DECLS }
+#endif
+
+}  // namespace cpu
+}  // namespace mmattn

@@ -1,0 +1,21 @@
+"""Session-wide settings of the test suite."""
+import glob
+import hashlib
+import os
+import os.path as osp
+import tempfile
+
+_OPS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'mmattn', 'ops')
+
+
+def _inductor_cache_dir() -> str:
+    """An Inductor cache keyed by the ops' Python sources: its FX-graph cache keys do not cover
+    the custom ops' fake kernels, so a graph compiled against an older fake would be reused."""
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(osp.join(_OPS, '*.py'))):
+        with open(path, 'rb') as f:
+            digest.update(f.read())
+    return osp.join(tempfile.gettempdir(), f'torchinductor_mmattn_{digest.hexdigest()[:16]}')
+
+
+os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', _inductor_cache_dir())
