@@ -26,7 +26,7 @@ namespace {
 template <typename T>
 struct GhostKernels {
   using Fn = void (*)(const GhostGeometry&, const GhostBuffers<T>&, int64_t, int64_t);
-  Fn forward, backward_x, backward_attn, backward_filters;
+  Fn forward, backward_x, backward_attn;
 };
 
 template <typename T>
@@ -35,15 +35,15 @@ GhostKernels<T> ghost_kernels() {
 #if defined(MMATTN_HAVE_AVX512)
   if (isa == "AVX512")
     return {&AVX512::ghost_forward_rows, &AVX512::ghost_backward_x_rows,
-            &AVX512::ghost_backward_attn_rows, &AVX512::ghost_backward_filters_rows};
+            &AVX512::ghost_backward_attn_rows};
 #endif
 #if defined(MMATTN_HAVE_AVX2)
   if (isa == "AVX2")
     return {&AVX2::ghost_forward_rows, &AVX2::ghost_backward_x_rows,
-            &AVX2::ghost_backward_attn_rows, &AVX2::ghost_backward_filters_rows};
+            &AVX2::ghost_backward_attn_rows};
 #endif
   return {&DEFAULT::ghost_forward_rows, &DEFAULT::ghost_backward_x_rows,
-          &DEFAULT::ghost_backward_attn_rows, &DEFAULT::ghost_backward_filters_rows};
+          &DEFAULT::ghost_backward_attn_rows};
 }
 
 template <typename T>
@@ -96,8 +96,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor dv = at::empty_like(v), dattn = at::empty_like(attn);
   const Tensor masks = column_masks(g, v.options());
-  Tensor dmul = with_mul ? at::empty({g.C, g.k, g.k}, v.options()) : Tensor();
-  Tensor dadd = with_add ? at::empty({g.C, g.k, g.k}, v.options()) : Tensor();
+  Tensor dmul, dadd, part_mul, part_add;  // (B, C, k, k) per-batch partials, summed over b below
+  if (with_mul || with_add) {
+    part_mul = at::empty({g.B, g.C, g.k, g.k}, v.options());
+    part_add = at::empty_like(part_mul);
+  }
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_backward_cpu", [&] {
     const GhostKernels<scalar_t> kn = ghost_kernels<scalar_t>();
     GhostBuffers<scalar_t> p;
@@ -106,12 +109,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
     p.mul = data_or_null<scalar_t>(mul), p.add = data_or_null<scalar_t>(add);
     p.masks = masks.data_ptr<scalar_t>();
     p.out = dv.data_ptr<scalar_t>(), p.dattn = dattn.data_ptr<scalar_t>();
-    p.dmul = with_mul ? dmul.data_ptr<scalar_t>() : nullptr;
-    p.dadd = with_add ? dadd.data_ptr<scalar_t>() : nullptr;
+    p.part_mul = with_mul || with_add ? part_mul.data_ptr<scalar_t>() : nullptr;
+    p.part_add = with_mul || with_add ? part_add.data_ptr<scalar_t>() : nullptr;
     run<scalar_t>(kn.backward_x, g.B * g.C, g, p);
     run<scalar_t>(kn.backward_attn, g.B * g.G * g.kk(), g, p);
-    if (with_mul || with_add) run<scalar_t>(kn.backward_filters, g.C, g, p);
   });
+  if (with_mul) dmul = part_mul.sum(0);
+  if (with_add) dadd = part_add.sum(0);
   const auto dtype = v_in.scalar_type();
   return {dv.to(dtype), dattn.to(dtype), with_mul ? dmul.to(dtype) : none_like(v_in),
           with_add ? dadd.to(dtype) : none_like(v_in)};

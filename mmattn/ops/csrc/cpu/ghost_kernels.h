@@ -28,20 +28,20 @@ struct GhostBuffers {
   const T* masks = nullptr;  // (k, H*W): 1 where column j + (v - k/2)*d lies inside [0, W)
   T* out = nullptr;         // forward out, or d_x
   T* dattn = nullptr;
-  T* dmul = nullptr;
-  T* dadd = nullptr;
+  // (B, C, k*k) per-batch partial sums of d_M and d_S (summed over b by the entry point), or
+  // nullptr when the ghost tensors need no gradient
+  T* part_mul = nullptr;
+  T* part_add = nullptr;
 };
 
 // Work items: forward and backward_x: the (B*C) planes of out / d_x; backward_attn: the
-// (B*G*k*k) planes of d_attn; backward_filters: the C channels of d_M, d_S.
+// (B*G*k*k) planes of d_attn, with the per-batch partial sums of d_M and d_S.
 #define MMATTN_GHOST_KERNEL_DECLS(T)                                                       \
   void ghost_forward_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t, int64_t);  \
   void ghost_backward_x_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,        \
                              int64_t);                                                     \
   void ghost_backward_attn_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,     \
-                                int64_t);                                                  \
-  void ghost_backward_filters_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,  \
-                                   int64_t);
+                                int64_t);
 #define MMATTN_GHOST_KERNEL_DECLS_ALL \
   MMATTN_GHOST_KERNEL_DECLS(float)    \
   MMATTN_GHOST_KERNEL_DECLS(double)

@@ -112,11 +112,28 @@ void backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r
   }
 }
 
-// d_attn[b,g,s] = sum_{c in group g} grad[b,c] * x[b,c] shifted * M[c,s], plane by plane
+// Horizontal sum of a vector's lanes, in lane order.
+template <typename T>
+inline T lane_sum(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T s = 0;
+  for (int64_t l = 0; l < Vectorized<T>::size(); ++l) s += lanes[l];
+  return s;
+}
+
+// One pass per (b, group, s) plane computes t = grad[b,c] * x[b,c] shifted (masked) for the
+// group's channels and from it
+//   d_attn[b,g,s] = sum_c t * M[c,s]
+// and, when the ghost tensors need gradients, the batch-b partial sums
+//   part_M[b,c,s] = sum_n t * attn[b,g,s],  part_S[b,c,s] = sum_n t
+// which the entry point adds over b in a fixed order (d_M, d_S).
 template <typename T>
 void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
                         int64_t r1) {
+  using V = Vectorized<T>;
   const int64_t kk = g.kk(), HW = g.H * g.W;
+  const bool filters = p.part_mul != nullptr;
   for (int64_t plane = r0; plane < r1; ++plane) {  // (b, group, s)
     const int64_t bg = plane / kk, s = plane % kk, b = bg / g.G, grp = bg % g.G;
     const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
@@ -125,56 +142,39 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
     std::memset(da, 0, sizeof(T) * HW);
     int64_t n0, n1;
     tap_span(g, du, shift, n0, n1);
-    if (n1 <= n0) continue;
+    const int64_t len = std::max<int64_t>(0, n1 - n0);
+    const T* at = p.attn + plane * HW + n0;
+    const T* mk = p.masks + v * HW + n0;
     for (int64_t c = grp * g.cpg(); c < (grp + 1) * g.cpg(); ++c) {
       const T m = p.mul ? p.mul[c * kk + s] : T(1);
       const int64_t base = (b * g.C + c) * HW;
-      product_span<T>(da + n0, p.grad + base + n0, p.x + base + n0 + shift,
-                      p.masks + v * HW + n0, m, n1 - n0);
-    }
-  }
-}
-
-// d_M[c,s] = sum_{b,i,j} grad * x[tap] * attn,  d_S[c,s] = sum_{b,i,j} grad * x[tap]
-template <typename T>
-void backward_filters_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t c0,
-                           int64_t c1) {
-  using V = Vectorized<T>;
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  for (int64_t c = c0; c < c1; ++c) {
-    const int64_t grp = c / g.cpg();
-    for (int64_t s = 0; s < kk; ++s) {
-      const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
-      const int64_t shift = du * g.W + off;
-      int64_t n0, n1;
-      tap_span(g, du, shift, n0, n1);
-      V vm(T(0)), va(T(0));
-      for (int64_t b = 0; b < g.B && n1 > n0; ++b) {
-        const T* gr = p.grad + (b * g.C + c) * HW + n0;
-        const T* xs = p.x + (b * g.C + c) * HW + n0 + shift;
-        const T* at = p.attn + ((b * g.G + grp) * kk + s) * HW + n0;
-        const T* mk = p.masks + v * HW + n0;
-        const int64_t len = n1 - n0;
-        int64_t n = 0;
-        for (; n + V::size() <= len; n += V::size()) {
-          const V t = V::loadu(gr + n) * V::loadu(xs + n) * V::loadu(mk + n);
-          va = va + t;
-          vm = at::vec::fmadd(t, V::loadu(at + n), vm);
-        }
-        if (n < len) {
-          const int64_t cnt = len - n;
-          const V t = V::loadu(gr + n, cnt) * V::loadu(xs + n, cnt) * V::loadu(mk + n, cnt);
-          va = va + t;
-          vm = at::vec::fmadd(t, V::loadu(at + n, cnt), vm);
+      const T* gr = p.grad + base + n0;
+      const T* xs = p.x + base + n0 + shift;
+      T* y = da + n0;
+      const V vm(m);
+      V sm(T(0)), sa(T(0));
+      int64_t n = 0;
+      for (; n + V::size() <= len; n += V::size()) {
+        const V t = V::loadu(gr + n) * V::loadu(xs + n) * V::loadu(mk + n);
+        at::vec::fmadd(t, vm, V::loadu(y + n)).store(y + n);
+        if (filters) {
+          sa = sa + t;
+          sm = at::vec::fmadd(t, V::loadu(at + n), sm);
         }
       }
-      T lm[V::size()], la[V::size()];
-      vm.store(lm);
-      va.store(la);
-      T sm = 0, sa = 0;
-      for (int64_t l = 0; l < V::size(); ++l) sm += lm[l], sa += la[l];
-      if (p.dmul) p.dmul[c * kk + s] = sm;
-      if (p.dadd) p.dadd[c * kk + s] = sa;
+      if (n < len) {
+        const int64_t cnt = len - n;
+        const V t = V::loadu(gr + n, cnt) * V::loadu(xs + n, cnt) * V::loadu(mk + n, cnt);
+        at::vec::fmadd(t, vm, V::loadu(y + n, cnt)).store(y + n, cnt);
+        if (filters) {
+          sa = sa + t;
+          sm = at::vec::fmadd(t, V::loadu(at + n, cnt), sm);
+        }
+      }
+      if (filters) {
+        p.part_mul[(b * g.C + c) * kk + s] = lane_sum<T>(sm);
+        p.part_add[(b * g.C + c) * kk + s] = lane_sum<T>(sa);
+      }
     }
   }
 }
@@ -193,10 +193,6 @@ void backward_filters_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int
   void ghost_backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p,            \
                                 int64_t r0, int64_t r1) {                                    \
     backward_attn_rows<T>(g, p, r0, r1);                                                     \
-  }                                                                                          \
-  void ghost_backward_filters_rows(const GhostGeometry& g, const GhostBuffers<T>& p,         \
-                                   int64_t r0, int64_t r1) {                                 \
-    backward_filters_rows<T>(g, p, r0, r1);                                                  \
   }
 
 MMATTN_GHOST_KERNEL_DEFS(float)

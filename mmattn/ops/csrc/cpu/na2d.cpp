@@ -85,12 +85,37 @@ at::ScalarType compute_type(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// (B, heads, H, W, C), any strides -> zero-padded strip layout (B, heads, H, C, Wp).
-Tensor to_strip(const Tensor& x, const StripGeometry& g) {
-  Tensor s = at::empty({g.B, g.heads, g.H, x.size(4), g.Wp}, x.options().dtype(compute_type(x)));
-  s.narrow(4, 0, g.P).zero_();  // only the padding is zeroed; the copy fills the rest
-  s.narrow(4, g.P + g.W, g.Wp - g.P - g.W).zero_();
-  s.narrow(4, g.P, g.W).copy_(x.transpose(3, 4));
+// (B, heads, H, W, C), any strides -> zero-padded strip layout (B, heads, H, C, Wp): one pass,
+// parallel over the (B, heads, H, C) rows, each row's padding zeroed next to its copy.
+template <typename T>
+void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
+  const int64_t C = x.size(4), Wp = g.Wp, P = g.P, W = g.W;
+  const auto st = x.strides();
+  const T* src = x.data_ptr<T>();
+  T* dst = s.data_ptr<T>();
+  at::parallel_for(0, g.rows() * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t c = r % C, row = r / C, i = row % g.H, bh = row / g.H;
+      const int64_t b = bh / g.heads, h = bh % g.heads;
+      const T* in = src + b * st[0] + h * st[1] + i * st[2] + c * st[4];
+      T* out = dst + r * Wp;
+      std::fill(out, out + P, T(0));
+      if (st[3] == 1) {
+        std::memcpy(out + P, in, sizeof(T) * W);
+      } else {
+        for (int64_t j = 0; j < W; ++j) out[P + j] = in[j * st[3]];
+      }
+      std::fill(out + P + W, out + Wp, T(0));
+    }
+  });
+}
+
+Tensor to_strip(const Tensor& x_in, const StripGeometry& g) {
+  const Tensor x = x_in.scalar_type() == compute_type(x_in) ? x_in : x_in.to(compute_type(x_in));
+  Tensor s = at::empty({g.B, g.heads, g.H, x.size(4), g.Wp}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "na2d_to_strip", [&] {
+    copy_to_strip<scalar_t>(x, s, g);
+  });
   return s;
 }
 
