@@ -98,8 +98,11 @@ class SASAAttention(BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(x).view(B, 3, self.num_heads, self.head_dim, H, W)
-        q, k, v = qkv.permute(1, 0, 2, 4, 5, 3).unbind(0)  # each (B, heads, H, W, d)
+        # (B, heads, H, W, d) views of the conv output, W-contiguous: na2d's CPU kernels read them
+        # without a copy, and their gradients (in the same layout) go back to the conv through
+        # one concatenation (split's backward) instead of a transposing copy.
+        q, k, v = (t.view(B, self.num_heads, self.head_dim, H, W).permute(0, 1, 3, 4, 2)
+                   for t in self.qkv(x).split(self.num_heads * self.head_dim, dim=1))
         out = na2d(q, k, v, self.kernel_size, border='mask', rpe=self.relative_embedding(),
                    scale=1.0)
         out = out.permute(0, 1, 4, 2, 3).reshape(B, C, H, W)

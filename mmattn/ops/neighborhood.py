@@ -66,8 +66,9 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
 def _register() -> None:
     """Fake kernels and autograd of the ``mmattn::na2d_*`` ops (once, on first import).
 
-    The kernels return contiguous tensors whatever the input strides (the CPU entry points
-    accept strided q/k/v), so the fakes do too: ``new_empty(shape)``, not ``empty_like``."""
+    Outputs shaped like q, k or v take their memory layout (``empty_like``; the CPU entry points
+    accept strided inputs, the CUDA ones get contiguous inputs); logits and d_attn are
+    contiguous (``new_empty``)."""
     lib = torch.library
 
     @lib.register_fake('mmattn::na2d_qk')
@@ -79,19 +80,19 @@ def _register() -> None:
         r = 2 * kernel_size - 1
         drpb = q.new_empty((q.shape[1], r, r)) if with_rpb else q.new_empty(0)
         drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty(0)
-        return q.new_empty(q.shape), k.new_empty(k.shape), drpb, drpe
+        return torch.empty_like(q), torch.empty_like(k), drpb, drpe
 
     @lib.register_fake('mmattn::na2d_av')
     def _av_fake(attn, v, kernel_size, dilation, clamp):
-        return v.new_empty(v.shape)
+        return torch.empty_like(v)
 
     @lib.register_fake('mmattn::na2d_av_backward')
     def _av_backward_fake(grad, attn, v, kernel_size, dilation, clamp):
-        return attn.new_empty(attn.shape), v.new_empty(v.shape)
+        return attn.new_empty(attn.shape), torch.empty_like(v)
 
     @lib.register_fake('mmattn::na2d_fused')
     def _fused_fake(q, k, v, rpb, rpe, bias, kernel_size, dilation, clamp, scale):
-        return q.new_empty(q.shape)
+        return torch.empty_like(q)
 
     def qk_setup(ctx, inputs, output):
         q, k, rpb, rpe, kernel_size, dilation, clamp, scale = inputs
@@ -103,7 +104,8 @@ def _register() -> None:
         q, k, rpe = ctx.saved_tensors
         with_rpb = ctx.with_rpb and ctx.needs_input_grad[2]
         dq, dk, drpb, drpe = torch.ops.mmattn.na2d_qk_backward(
-            grad.contiguous(), q, k, rpe, *ctx.args, with_rpb)
+            grad if grad.device.type == 'cpu' else grad.contiguous(), q, k, rpe, *ctx.args,
+            with_rpb)
         return (dq, dk, drpb if with_rpb else None, drpe if rpe is not None else None,
                 None, None, None, None)
 
@@ -114,7 +116,8 @@ def _register() -> None:
 
     def av_backward(ctx, grad):
         attn, v = ctx.saved_tensors
-        dattn, dv = torch.ops.mmattn.na2d_av_backward(grad.contiguous(), attn, v, *ctx.args)
+        grad = grad if grad.device.type == 'cpu' else grad.contiguous()
+        dattn, dv = torch.ops.mmattn.na2d_av_backward(grad, attn, v, *ctx.args)
         return dattn, dv, None, None, None
 
     lib.register_autograd('mmattn::na2d_qk', qk_backward, setup_context=qk_setup)

@@ -72,12 +72,16 @@ for border, dilation in (('mask', 1), ('mask', 2), ('clamp', 1), ('clamp', 2)):
 
         compare(f'na2d {border} d{dilation} {H}x{W} D={D}', fn, ref, [q, k, v, *extras.values()])
 
-        # strided inputs: (B, heads, H, W, D) views of a (B, heads, D, H, W) buffer
-        qs, ks_, vs = (rnd(1, heads, D, H, W).permute(0, 1, 3, 4, 2) for _ in range(3))
+        # strided inputs, (B, heads, H, W, D) views of (B, heads, D, H, W) buffers as SASA
+        # passes them: outputs and gradients take that layout (clone keeps the strides)
+        strided = [rnd(1, heads, D, H, W).permute(0, 1, 3, 4, 2) for _ in range(3)]
+        compare(f'na2d strided {border} d{dilation} {H}x{W} D={D}',
+                lambda q, k, v: na2d(q, k, v, ks, dilation, border),
+                lambda q, k, v: na2d_reference(q, k, v, ks, dilation, border), strided)
         with torch.no_grad():
-            err = (na2d(qs, ks_, vs, ks, dilation, border) -
-                   na2d_reference(qs, ks_, vs, ks, dilation, border)).abs().max().item()
-        errors[f'na2d strided {border} d{dilation} {H}x{W} D={D}'] = [err, 0.0]
+            layout = na2d(*strided, ks, dilation, border).stride() == strided[0].stride()
+        errors[f'na2d output layout {border} d{dilation} {H}x{W} D={D}'] = [
+            0.0 if layout else 1.0, 0.0]
 
 for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20, 33, 7, 1)):
     v = rnd(2, C, H, W)

@@ -3,8 +3,9 @@
 Every config's ``model.backbone`` is built (random weights; any ``init_cfg`` is dropped) and
 measured in the same run on the same input: parameters, multiply-accumulates of one image
 (mmengine's analysis with mmattn's op handles), inference time (eval mode, no grad) and training
-time (train mode, forward + backward) as the median of ``--repeats`` runs after ``--warmup``, and
-the peak memory of each (on CPU in a child process, see ``mmattn/utils/benchmark.py``). The
+time (train mode, forward + backward) as the median of ``--repeats`` runs after ``--warmup``, the
+repeats of all configs interleaved (round r runs every config once, so machine drift hits the
+baseline and the others alike), and the peak memory of each (on CPU in a child process, see ``mmattn/utils/benchmark.py``). The
 first config is the baseline: every row also gets its ratios to it.
 
 With ``--all`` it measures every registered mmattn backbone variant (from ``BACKBONES`` and the
@@ -49,7 +50,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 # the timed training step runs LaViT's forward without the training loop's aux-loss hook
 warnings.filterwarnings('ignore', message='LaViT: the diagonality-preserving loss')
 
-from mmattn.utils.benchmark import cpu_memory_env, median_seconds, peak_mib  # noqa: E402
+from mmattn.utils.benchmark import (cpu_memory_env, interleaved_medians,  # noqa: E402
+                                    peak_mib)
 from mmattn.utils.tools import load_config  # noqa: E402
 
 
@@ -114,23 +116,42 @@ def memory_probe(config: str, shape: Tuple[int, int], batch: int,
     return json.loads(out.strip().splitlines()[-1])
 
 
-def measure(config: str, shape: Tuple[int, int], batch: int, device: torch.device, warmup: int,
-            repeats: int, flops: bool) -> Row:
-    model = build_backbone(config).to(device)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    gmac = float('nan')
-    if flops:
-        from mmengine.analysis import get_model_complexity_info
-        model.eval()
-        gmac = get_model_complexity_info(model, input_shape=(3, *shape), show_table=False,
-                                         show_arch=False)['flops'] / 1e9
-    x = torch.randn(batch, 3, *shape, device=device)
-    infer, train = workloads(model, x)
-    infer_s = median_seconds(infer, device, warmup, repeats)
-    train_s = median_seconds(train, device, warmup, repeats)
-    infer_mib, train_mib = memory_probe(config, shape, batch, device)
-    return Row(config, type(model).__name__, params, gmac, infer_s * 1e3, infer_mib,
-               train_s * 1e3, train_mib)
+def synced(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn`` followed by a CUDA synchronisation on CUDA devices."""
+    def run():
+        fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    return run
+
+
+def measure_configs(configs: List[str], shape: Tuple[int, int], batch: int,
+                    device: torch.device, warmup: int, repeats: int, flops: bool) -> List[Row]:
+    """Rows of every config; the timings of all configs interleaved (round r runs every
+    config's inference and training step once), so machine drift hits them alike."""
+    prepared, fns = [], {}
+    for config in configs:
+        model = build_backbone(config).to(device)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        gmac = float('nan')
+        if flops:
+            from mmengine.analysis import get_model_complexity_info
+            model.eval()
+            gmac = get_model_complexity_info(model, input_shape=(3, *shape), show_table=False,
+                                             show_arch=False)['flops'] / 1e9
+        x = torch.randn(batch, 3, *shape, device=device)
+        infer, train = workloads(model, x)
+        fns[f'{config}/infer'], fns[f'{config}/train'] = synced(infer, device), synced(train,
+                                                                                         device)
+        prepared.append((config, type(model).__name__, params, gmac))
+        print(f'  built {config}', flush=True)
+    times = interleaved_medians(fns, warmup, repeats)
+    rows = []
+    for config, name, params, gmac in prepared:
+        infer_mib, train_mib = memory_probe(config, shape, batch, device)
+        rows.append(Row(config, name, params, gmac, times[f'{config}/infer'] * 1e3, infer_mib,
+                        times[f'{config}/train'] * 1e3, train_mib))
+    return rows
 
 
 def entry_memory(spec: dict, shape: Tuple[int, int], device: torch.device,
@@ -154,7 +175,6 @@ def measure_entry(entry: dict, shape: Tuple[int, int], batch: int, device: torch
     latency and training step at batch 1 (repeats interleaved), training peak memory."""
     from mmattn.ops.flops import strict_flops
     from mmattn.utils.backbone_zoo import build
-    from mmattn.utils.benchmark import interleaved_medians
     model = build(entry['spec']).to(device)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     model.eval()
@@ -165,15 +185,9 @@ def measure_entry(entry: dict, shape: Tuple[int, int], batch: int, device: torch
     latency, train = workloads(model, one)
     throughput, _ = workloads(model, many)
 
-    def synced(fn):
-        def run():
-            fn()
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-        return run
-
-    times = interleaved_medians(dict(latency=synced(latency), throughput=synced(throughput),
-                                     train=synced(train)), warmup, repeats)
+    times = interleaved_medians(dict(latency=synced(latency, device),
+                                     throughput=synced(throughput, device),
+                                     train=synced(train, device)), warmup, repeats)
     return dict(name=entry['name'], family=entry['family'], params_m=round(params, 3),
                 gmac=float(f'{gmac:.6g}'), img_per_s=round(batch / times['throughput'], 2),
                 latency_ms=round(times['latency'] * 1e3, 2),
@@ -326,12 +340,10 @@ def main(argv=None) -> dict:
         return main_all(args, shape, device)
 
     print(f'device={device} threads={torch.get_num_threads()} input {args.batch}x3x{shape[0]}x'
-          f'{shape[1]}, median of {args.repeats} (warm-up {args.warmup})', flush=True)
-    rows = []
-    for config in args.configs:
-        rows.append(measure(config, shape, args.batch, device, args.warmup, args.repeats,
-                            not args.no_flops))
-        print(f'  measured {config}', flush=True)
+          f'{shape[1]}, median of {args.repeats} interleaved repeats (warm-up {args.warmup})',
+          flush=True)
+    rows = measure_configs(args.configs, shape, args.batch, device, args.warmup, args.repeats,
+                           not args.no_flops)
     base = rows[0]
     header = (f'{"config":60s} {"params M":>9s} {"GMAC":>7s} {"infer ms":>9s} {"MiB":>7s} '
               f'{"train ms":>9s} {"MiB":>7s}  ratios to the first: infer / train time, '

@@ -6,19 +6,16 @@
 // axis with at::vec::Vectorized<T> and a masked tail; each output plane (or channel of d_M, d_S) is
 // written by one thread in a fixed order, so results are bit-identical from run to run.
 #pragma once
-#include <ATen/cpu/vec/vec.h>
-
 #include <algorithm>
 #include <cstring>
 
 #include "ghost_kernels.h"
+#include "vec_common.h"
 
 namespace mmattn {
 namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
-
-using at::vec::Vectorized;
 
 // Each tap (u, v) is applied to a whole (H, W) plane at once, as one loop over the flattened
 // plane: a tap reads the plane shifted by du*W + dv, and mask_v (1 where column j + dv lies inside
@@ -34,14 +31,16 @@ inline void tap_span(const GhostGeometry& g, int64_t du, int64_t shift, int64_t&
   n1 = std::min<int64_t>(std::min<int64_t>(g.H, g.H - du) * g.W, HW - shift);
 }
 
-// y[n] += x[n] * (a[n] * m + s) * mask[n],  n < len
-template <typename T>
+// y[n] += x[n] * (a[n] * m + s) * mask[n],  n < len; kMask false: a tap with column offset 0,
+// whose mask is all ones.
+template <typename T, bool kMask>
 inline void weighted_span(T* y, const T* x, const T* a, const T* mask, T m, T s, int64_t len) {
   using V = Vectorized<T>;
   const V vm(m), vs(s);
   int64_t n = 0;
   for (; n + V::size() <= len; n += V::size()) {
-    const V w = at::vec::fmadd(V::loadu(a + n), vm, vs) * V::loadu(mask + n);
+    V w = at::vec::fmadd(V::loadu(a + n), vm, vs);
+    if constexpr (kMask) w = w * V::loadu(mask + n);
     at::vec::fmadd(V::loadu(x + n), w, V::loadu(y + n)).store(y + n);
   }
   if (n < len) {
@@ -51,27 +50,22 @@ inline void weighted_span(T* y, const T* x, const T* a, const T* mask, T m, T s,
   }
 }
 
-// y[n] += g[n] * x[n] * m * mask[n],  n < len
 template <typename T>
-inline void product_span(T* y, const T* g, const T* x, const T* mask, T m, int64_t len) {
-  using V = Vectorized<T>;
-  const V vm(m);
-  int64_t n = 0;
-  for (; n + V::size() <= len; n += V::size())
-    at::vec::fmadd(V::loadu(g + n) * V::loadu(x + n), V::loadu(mask + n) * vm, V::loadu(y + n))
-        .store(y + n);
-  if (n < len) {
-    const int64_t c = len - n;
-    at::vec::fmadd(V::loadu(g + n, c) * V::loadu(x + n, c), V::loadu(mask + n, c) * vm,
-                   V::loadu(y + n, c))
-        .store(y + n, c);
-  }
+inline void weighted_span(T* y, const T* x, const T* a, const T* mask, T m, T s, int64_t len,
+                          bool wraps) {
+  if (wraps)
+    weighted_span<T, true>(y, x, a, mask, m, s, len);
+  else
+    weighted_span<T, false>(y, x, a, mask, m, s, len);
 }
 
-template <typename T>
-void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
+// The forward (out[n] += x[n + shift] * w[n]) and d_x (dx[n + shift] += grad[n] * w[n]) over
+// the (b, c) planes [r0, r1): the same taps, read or written at the shift.
+template <typename T, bool kTranspose>
+void tap_planes(const GhostGeometry& g, const GhostBuffers<T>& p, const T* src, int64_t r0,
+                int64_t r1) {
   const int64_t kk = g.kk(), HW = g.H * g.W;
-  for (int64_t bc = r0; bc < r1; ++bc) {  // (b, c) planes
+  for (int64_t bc = r0; bc < r1; ++bc) {
     const int64_t b = bc / g.C, c = bc % g.C, grp = c / g.cpg();
     T* out = p.out + bc * HW;
     std::memset(out, 0, sizeof(T) * HW);
@@ -82,44 +76,26 @@ void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, 
       tap_span(g, du, shift, n0, n1);
       if (n1 <= n0) continue;
       const T m = p.mul ? p.mul[c * kk + s] : T(1), a = p.add ? p.add[c * kk + s] : T(0);
-      const T* attn = p.attn + ((b * g.G + grp) * kk + s) * HW;
-      weighted_span<T>(out + n0, p.x + bc * HW + n0 + shift, attn + n0, p.masks + v * HW + n0, m,
-                       a, n1 - n0);
+      const T* attn = p.attn + ((b * g.G + grp) * kk + s) * HW + n0;
+      const T* mask = p.masks + v * HW + n0;
+      const T* x = src + bc * HW + n0;
+      if (kTranspose)
+        weighted_span<T>(out + n0 + shift, x, attn, mask, m, a, n1 - n0, off != 0);
+      else
+        weighted_span<T>(out + n0, x + shift, attn, mask, m, a, n1 - n0, off != 0);
     }
   }
+}
+
+template <typename T>
+void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
+  tap_planes<T, false>(g, p, p.x, r0, r1);
 }
 
 // d_x: the transpose of the forward, plane by plane of x.
 template <typename T>
 void backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  for (int64_t bc = r0; bc < r1; ++bc) {
-    const int64_t b = bc / g.C, c = bc % g.C, grp = c / g.cpg();
-    T* dx = p.out + bc * HW;
-    std::memset(dx, 0, sizeof(T) * HW);
-    for (int64_t s = 0; s < kk; ++s) {
-      const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
-      const int64_t shift = du * g.W + off;
-      int64_t n0, n1;
-      tap_span(g, du, shift, n0, n1);
-      if (n1 <= n0) continue;
-      const T m = p.mul ? p.mul[c * kk + s] : T(1), a = p.add ? p.add[c * kk + s] : T(0);
-      const T* attn = p.attn + ((b * g.G + grp) * kk + s) * HW;
-      // dx[n + shift] += grad[n] * w[n]
-      weighted_span<T>(dx + n0 + shift, p.grad + bc * HW + n0, attn + n0, p.masks + v * HW + n0,
-                       m, a, n1 - n0);
-    }
-  }
-}
-
-// Horizontal sum of a vector's lanes, in lane order.
-template <typename T>
-inline T lane_sum(const Vectorized<T>& v) {
-  T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T s = 0;
-  for (int64_t l = 0; l < Vectorized<T>::size(); ++l) s += lanes[l];
-  return s;
+  tap_planes<T, true>(g, p, p.grad, r0, r1);
 }
 
 // One pass per (b, group, s) plane computes t = grad[b,c] * x[b,c] shifted (masked) for the
@@ -145,6 +121,7 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
     const int64_t len = std::max<int64_t>(0, n1 - n0);
     const T* at = p.attn + plane * HW + n0;
     const T* mk = p.masks + v * HW + n0;
+    const bool wraps = off != 0;  // a tap with column offset 0 has an all-ones mask
     for (int64_t c = grp * g.cpg(); c < (grp + 1) * g.cpg(); ++c) {
       const T m = p.mul ? p.mul[c * kk + s] : T(1);
       const int64_t base = (b * g.C + c) * HW;
@@ -155,7 +132,8 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
       V sm(T(0)), sa(T(0));
       int64_t n = 0;
       for (; n + V::size() <= len; n += V::size()) {
-        const V t = V::loadu(gr + n) * V::loadu(xs + n) * V::loadu(mk + n);
+        V t = V::loadu(gr + n) * V::loadu(xs + n);
+        if (wraps) t = t * V::loadu(mk + n);
         at::vec::fmadd(t, vm, V::loadu(y + n)).store(y + n);
         if (filters) {
           sa = sa + t;

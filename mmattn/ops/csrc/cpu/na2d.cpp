@@ -1,7 +1,8 @@
 // CPU entry points of two-dimensional neighbourhood attention (mmattn::na2d_*).
 //
 // The op layout is (B, heads, H, W, D) for q, k, v, out and (B, heads, H, W, k*k) for
-// logits/attn. The entry points copy their inputs once into the padded, W-contiguous "strip"
+// logits/attn; out, d_q, d_k and d_v take the memory layout of q, k, v (empty_like), logits and
+// d_attn are contiguous. The entry points copy their inputs once into the padded, W-contiguous "strip"
 // layout (na2d_kernels.h; any input strides are accepted, reduced precision is computed in fp32)
 // and run the vectorised row kernels of the CPU capability ATen reports (AVX512, AVX2 or the
 // generic DEFAULT build of the same code), parallel over the (B, heads, H) rows with
@@ -86,26 +87,29 @@ at::ScalarType compute_type(const Tensor& t) {
 }
 
 // (B, heads, H, W, C), any strides -> zero-padded strip layout (B, heads, H, C, Wp): one pass,
-// parallel over the (B, heads, H, C) rows, each row's padding zeroed next to its copy.
+// parallel over the (B, heads, H) planes, each plane's padding zeroed next to its copy.
 template <typename T>
 void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
   const int64_t C = x.size(4), Wp = g.Wp, P = g.P, W = g.W;
   const auto st = x.strides();
   const T* src = x.data_ptr<T>();
   T* dst = s.data_ptr<T>();
-  at::parallel_for(0, g.rows() * C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t c = r % C, row = r / C, i = row % g.H, bh = row / g.H;
-      const int64_t b = bh / g.heads, h = bh % g.heads;
-      const T* in = src + b * st[0] + h * st[1] + i * st[2] + c * st[4];
-      T* out = dst + r * Wp;
-      std::fill(out, out + P, T(0));
-      if (st[3] == 1) {
-        std::memcpy(out + P, in, sizeof(T) * W);
-      } else {
-        for (int64_t j = 0; j < W; ++j) out[P + j] = in[j * st[3]];
+  at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % g.H, bh = row / g.H, b = bh / g.heads, h = bh % g.heads;
+      const T* in = src + b * st[0] + h * st[1] + i * st[2];
+      T* out = dst + row * C * Wp;
+      for (int64_t c = 0; c < C; ++c) {
+        std::fill(out + c * Wp, out + c * Wp + P, T(0));
+        std::fill(out + c * Wp + P + W, out + (c + 1) * Wp, T(0));
       }
-      std::fill(out + P + W, out + Wp, T(0));
+      if (st[3] == 1) {  // W-contiguous rows (SASA's conv views, or already strip-like)
+        for (int64_t c = 0; c < C; ++c)
+          std::memcpy(out + c * Wp + P, in + c * st[4], sizeof(T) * W);
+      } else {  // a transpose: read along the inner axis, write C rows of this plane
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c = 0; c < C; ++c) out[c * Wp + P + j] = in[j * st[3] + c * st[4]];
+      }
     }
   });
 }
@@ -156,6 +160,18 @@ void mask_weights(const StripGeometry& g, T* w_s) {
   });
 }
 
+// An output like `like` (the memory layout of the corresponding input, e.g. SASA's q/k/v views of
+// a (B, heads, D, H, W) conv output), in the compute dtype; the fake kernels use empty_like too.
+Tensor output_like(const Tensor& like) {
+  return at::empty_like(like, like.options().dtype(compute_type(like)));
+}
+
+template <typename T>
+void set_out(Na2dBuffers<T>& p, const Tensor& out) {
+  p.out = out.data_ptr<T>();
+  for (int d = 0; d < 5; ++d) p.os[d] = out.stride(d);
+}
+
 template <typename T>
 const T* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -200,7 +216,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_qk_backward_cpu(
   const Tensor grad = clamp ? compute_dtype(grad_in) : Tensor();  // the border fix-ups' input
   const OptTensor rpe = compute_dtype(rpe_in);
   const auto opts = q_s.options();
-  Tensor dq = at::empty({g.B, g.heads, g.H, g.W, g.D}, opts), dk = at::empty_like(dq);
+  Tensor dq = output_like(q_in), dk = output_like(k_in);
   Tensor rpb_part = with_rpb ? at::zeros({g.B, g.heads, g.H, g.R(), g.R()}, opts) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_backward_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
@@ -208,13 +224,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_qk_backward_cpu(
     Na2dBuffers<scalar_t> p;
     p.w_s = w_s.data_ptr<scalar_t>(), p.w = ptr<scalar_t>(grad);
     p.k_s = k_s.data_ptr<scalar_t>(), p.rpe = ptr<scalar_t>(rpe);
-    p.out = dq.data_ptr<scalar_t>();
+    set_out(p, dq);
     p.rpb_part = with_rpb ? rpb_part.data_ptr<scalar_t>() : nullptr;
     p.scale = static_cast<scalar_t>(scale);
     run_rows<scalar_t>(kn.aggregate, g, p);
     Na2dBuffers<scalar_t> pk;
     pk.w_s = p.w_s, pk.w = p.w, pk.src_s = q_s.data_ptr<scalar_t>();
-    pk.out = dk.data_ptr<scalar_t>(), pk.scale = p.scale;
+    set_out(pk, dk);
+    pk.scale = p.scale;
     run_rows<scalar_t>(kn.inverse, g, pk);
   });
   const auto dtype = q_in.scalar_type();
@@ -233,12 +250,12 @@ Tensor na2d_av_cpu(const Tensor& attn_in, const Tensor& v_in, int64_t kernel_siz
   const StripGeometry g = strip_geometry(v_in, kernel_size, dilation, clamp);
   const Tensor w_s = to_strip(attn_in, g), v_s = to_strip(v_in, g);
   const Tensor attn = clamp ? compute_dtype(attn_in) : Tensor();
-  Tensor out = at::empty({g.B, g.heads, g.H, g.W, g.D}, v_s.options());
+  Tensor out = output_like(v_in);
   AT_DISPATCH_FLOATING_TYPES(v_s.scalar_type(), "na2d_av_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     Na2dBuffers<scalar_t> p;
     p.w_s = w_s.data_ptr<scalar_t>(), p.w = ptr<scalar_t>(attn), p.k_s = v_s.data_ptr<scalar_t>();
-    p.out = out.data_ptr<scalar_t>();
+    set_out(p, out);
     run_rows<scalar_t>(kernels<scalar_t>().aggregate, g, p);
   });
   return out.to(v_in.scalar_type());
@@ -253,7 +270,7 @@ std::tuple<Tensor, Tensor> na2d_av_backward_cpu(const Tensor& grad_in, const Ten
   const Tensor g_s = to_strip(grad_in, g), v_s = to_strip(v_in, g), w_s = to_strip(attn_in, g);
   const Tensor attn = clamp ? compute_dtype(attn_in) : Tensor();
   Tensor dattn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, v_s.options());
-  Tensor dv = at::empty({g.B, g.heads, g.H, g.W, g.D}, v_s.options());
+  Tensor dv = output_like(v_in);
   AT_DISPATCH_FLOATING_TYPES(v_s.scalar_type(), "na2d_av_backward_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     const Kernels<scalar_t> kn = kernels<scalar_t>();
@@ -263,7 +280,8 @@ std::tuple<Tensor, Tensor> na2d_av_backward_cpu(const Tensor& grad_in, const Ten
     run_rows<scalar_t>(kn.logits, g, p);
     Na2dBuffers<scalar_t> pv;
     pv.w_s = w_s.data_ptr<scalar_t>(), pv.w = ptr<scalar_t>(attn);
-    pv.src_s = g_s.data_ptr<scalar_t>(), pv.out = dv.data_ptr<scalar_t>();
+    pv.src_s = g_s.data_ptr<scalar_t>();
+    set_out(pv, dv);
     run_rows<scalar_t>(kn.inverse, g, pv);
   });
   const auto dtype = v_in.scalar_type();
@@ -280,13 +298,13 @@ Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
   const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g), v_s = to_strip(v_in, g);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in),
                   bias = compute_dtype(bias_in);
-  Tensor out = at::empty({g.B, g.heads, g.H, g.W, g.D}, q_s.options());
+  Tensor out = output_like(q_in);
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_fused_cpu", [&] {
     Na2dBuffers<scalar_t> p;
     p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
     p.v_s = v_s.data_ptr<scalar_t>();
     p.rpb = ptr<scalar_t>(rpb), p.rpe = ptr<scalar_t>(rpe), p.bias = ptr<scalar_t>(bias);
-    p.out = out.data_ptr<scalar_t>();
+    set_out(p, out);
     p.scale = static_cast<scalar_t>(scale);
     p.invalid = -std::numeric_limits<scalar_t>::infinity();
     run_rows<scalar_t>(kernels<scalar_t>().fused, g, p);

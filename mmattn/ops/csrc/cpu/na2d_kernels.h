@@ -40,7 +40,8 @@ struct Na2dBuffers {
   const T* rpb = nullptr;  // (heads, 2k-1, 2k-1)
   const T* rpe = nullptr;  // (heads, k, k, D)
   const T* bias = nullptr;  // (rows, W, k*k)
-  T* out = nullptr;         // (rows, W, D), or strip layout (rows, k*k, Wp) for logits
+  T* out = nullptr;         // (B, heads, H, W, D) with strides os, or strip layout (rows, k*k, Wp)
+  int64_t os[5] = {0, 0, 0, 0, 0};  // strides of out (elements); logits: unused
   T* rpb_part = nullptr;    // (rows, 2k-1, 2k-1) per-row partial sums of d_rpb
   T scale = 1;
   T invalid = 0;  // the logit of an invalid slot: -inf (na2d_qk) or 0 (d_attn)

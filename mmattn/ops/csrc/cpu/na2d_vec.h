@@ -13,8 +13,6 @@
 // Determinism: every output element is written by one thread, with a fixed order of operations
 // that does not depend on the thread count.
 #pragma once
-#include <ATen/cpu/vec/vec.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -22,30 +20,13 @@
 
 #include "../common/window.h"
 #include "na2d_kernels.h"
+#include "vec_common.h"
 
 namespace mmattn {
 namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
-
-using at::vec::Vectorized;
 constexpr int kBlock = 8;
-
-// A heap buffer of internal linkage (no std::vector: its inline members, compiled here with
-// this capability's instruction set, must not be merged with the other translation units').
-template <typename U>
-class Scratch {
- public:
-  explicit Scratch(int64_t n) : p_(new U[n]) {}
-  ~Scratch() { delete[] p_; }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  U* data() { return p_; }
-  U& operator[](int64_t i) { return p_[i]; }
-
- private:
-  U* p_;
-};
 
 template <typename T>
 struct Tap {
@@ -136,15 +117,27 @@ inline Vectorized<T> column_mask(int64_t j0, int64_t shift, int64_t W) {
   return (col >= V(T(0))) & (col < V(static_cast<T>(W)));
 }
 
-// Writes channels [c0, c0+nc) of lanes [0, nv) of the accumulators, times `mul`, into the op's
-// (W, D) layout at query j0.
+// Writes channels [c0, c0+nc) of lanes [0, nv) of the accumulators, times `mul`, at query j0 of
+// an output row with column stride sw and channel stride sc: vector stores when the columns are
+// contiguous (sw == 1), else one element at a time.
 template <typename T>
-inline void store_transposed(const Vectorized<T>* acc, int nc, const Vectorized<T>& mul,
-                             int64_t nv, T* out, int64_t D, int64_t c0, T* tmp) {
+inline void store_out(const Vectorized<T>* acc, int nc, const Vectorized<T>& mul, int64_t nv,
+                      T* out_row, int64_t j0, int64_t c0, int64_t sw, int64_t sc, T* tmp) {
   using V = Vectorized<T>;
+  if (sw == 1) {
+    for (int c = 0; c < nc; ++c) (acc[c] * mul).store(out_row + (c0 + c) * sc + j0, nv);
+    return;
+  }
   for (int c = 0; c < nc; ++c) (acc[c] * mul).store(tmp + c * V::size());
   for (int64_t l = 0; l < nv; ++l)
-    for (int c = 0; c < nc; ++c) out[l * D + c0 + c] = tmp[c * V::size() + l];
+    for (int c = 0; c < nc; ++c) out_row[(j0 + l) * sw + (c0 + c) * sc] = tmp[c * V::size() + l];
+}
+
+// The output row of query (or key) row `row`: out + b*s0 + h*s1 + i*s2.
+template <typename T>
+inline T* out_row_of(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t row) {
+  const int64_t bh = row / g.H, i = row % g.H;
+  return p.out + (bh / g.heads) * p.os[0] + (bh % g.heads) * p.os[1] + i * p.os[2];
 }
 
 template <typename T>
@@ -198,6 +191,28 @@ void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
   }
 }
 
+// o[c * sc] = mul * sum over the valid slots of query (row, j) of w[slot] * m[key(slot)][c]
+// (per query: the clamped border columns), and the d_rpb partials of the row from w.
+template <typename T>
+void query_aggregate(const StripGeometry& g, const RowInfo<T>& ri, int64_t j, const T* w,
+                     const T* m_s, T mul, T* o, int64_t sc, T* rpb_part) {
+  const int64_t k = g.k, R = g.R();
+  const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
+  for (int64_t c = 0; c < g.D; ++c) o[c * sc] = 0;
+  for (int64_t a = 0; a < k; ++a) {
+    const int64_t ki = tap_coord(ri.wi, a, g.d);
+    for (int64_t b = 0; b < k; ++b) {
+      const int64_t kj = tap_coord(wj, b, g.d);
+      if (ki < 0 || kj < 0) continue;
+      const T wt = w[a * k + b];
+      const T* mc = strip_col(m_s, ri.bh * g.H + ki, g.D, g, kj);
+      for (int64_t c = 0; c < g.D; ++c) o[c * sc] += wt * mc[c * g.Wp];
+      if (rpb_part) rpb_part[rpb_index(ri.wi, a, k) * R + rpb_index(wj, b, k)] += wt;
+    }
+  }
+  for (int64_t c = 0; c < g.D; ++c) o[c * sc] *= mul;
+}
+
 // Logits of the L queries j0.. of one row into lg[t*L + lane]; invalid slots get `invalid`.
 template <typename T>
 void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo<T>& ri,
@@ -248,7 +263,8 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
   V acc[kBlock];
   for (int64_t row = r0; row < r1; ++row) {
     const RowInfo<T> ri = row_info<T>(g, row);
-    T* out_row = p.out + row * g.W * D;
+    T* out_row = out_row_of<T>(g, p, row);
+    const int64_t sw = p.os[3], sc = p.os[4];
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
       strip_logits<T>(g, p, ri, j0, p.q_s, p.k_s, true, ninf, lg.data());
@@ -278,31 +294,19 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
         gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc);
-        store_transposed<T>(acc, nc, inv, nv, out_row + j0 * D, D, c0, tmp.data());
+        store_out<T>(acc, nc, inv, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
     }
     if (!g.clamp) continue;
     for (int64_t j = 0; j < g.W; ++j) {  // clamped border columns, per query
       if (!g.border_col(j)) continue;
-      const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
       query_logits<T>(g, p, ri, j, p.q_s, p.k_s, true, one.data());
       if (p.bias)
         for (int64_t t = 0; t < kk; ++t) one[t] += p.bias[(row * g.W + j) * kk + t];
       T mx = ninf, l = 0;
       for (int64_t t = 0; t < kk; ++t) mx = std::max(mx, one[t]);
       for (int64_t t = 0; t < kk; ++t) l += (one[t] = one[t] == ninf ? T(0) : std::exp(one[t] - mx));
-      T* o = out_row + j * D;
-      for (int64_t c = 0; c < D; ++c) o[c] = 0;
-      for (int64_t a = 0; a < k; ++a) {
-        const int64_t ki = tap_coord(ri.wi, a, g.d);
-        for (int64_t b = 0; b < k; ++b) {
-          const int64_t kj = tap_coord(wj, b, g.d);
-          if (ki < 0 || kj < 0) continue;
-          const T* vc = strip_col(p.v_s, ri.bh * g.H + ki, D, g, kj);
-          for (int64_t c = 0; c < D; ++c) o[c] += one[a * k + b] * vc[c * g.Wp];
-        }
-      }
-      for (int64_t c = 0; c < D; ++c) o[c] /= l;
+      query_aggregate<T>(g, ri, j, one.data(), p.v_s, T(1) / l, out_row + j * sw, sc, nullptr);
     }
   }
 }
@@ -341,7 +345,8 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
   V acc[kBlock];
   for (int64_t row = r0; row < r1; ++row) {
     const RowInfo<T> ri = row_info<T>(g, row);
-    T* out_row = p.out + row * g.W * D;
+    T* out_row = out_row_of<T>(g, p, row);
+    const int64_t sw = p.os[3], sc = p.os[4];
     const T* w_row = p.w_s + row * kk * g.Wp + g.P;
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
@@ -360,7 +365,7 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
           gather<T, true>(taps.data(), n, c0, g.Wp, nc, acc);
         else
           gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc);
-        store_transposed<T>(acc, nc, vscale, nv, out_row + j0 * D, D, c0, tmp.data());
+        store_out<T>(acc, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
     }
     if (p.rpb_part) {  // sum of the (masked) weights of each slot over the row's queries
@@ -373,35 +378,15 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
           const T* w = w_row + (a * k + b) * g.Wp;
           V s(T(0));
           for (int64_t j0 = 0; j0 < g.W; j0 += L) s = s + V::loadu(w + j0);
-          T lanes[V::size()];
-          s.store(lanes);
-          T total = 0;
-          for (int64_t l = 0; l < L; ++l) total += lanes[l];
-          part[ia * R + b + r] += total;
+          part[ia * R + b + r] += lane_sum<T>(s);
         }
       }
     }
     if (!g.clamp) continue;
-    for (int64_t j = 0; j < g.W; ++j) {  // clamped border columns (zeroed in w_s)
-      if (!g.border_col(j)) continue;
-      const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
-      const T* w = p.w + (row * g.W + j) * kk;
-      T* o = out_row + j * D;
-      for (int64_t c = 0; c < D; ++c) o[c] = 0;
-      for (int64_t a = 0; a < k; ++a) {
-        const int64_t ki = tap_coord(ri.wi, a, g.d);
-        for (int64_t b = 0; b < k; ++b) {
-          const int64_t kj = tap_coord(wj, b, g.d);
-          if (ki < 0 || kj < 0) continue;
-          const T wt = w[a * k + b];
-          const T* kc = strip_col(p.k_s, ri.bh * g.H + ki, D, g, kj);
-          for (int64_t c = 0; c < D; ++c) o[c] += wt * kc[c * g.Wp];
-          if (p.rpb_part)
-            p.rpb_part[(row * R + rpb_index(ri.wi, a, k)) * R + rpb_index(wj, b, k)] += wt;
-        }
-      }
-      for (int64_t c = 0; c < D; ++c) o[c] *= p.scale;
-    }
+    for (int64_t j = 0; j < g.W; ++j)  // clamped border columns (zeroed in w_s)
+      if (g.border_col(j))
+        query_aggregate<T>(g, ri, j, p.w + (row * g.W + j) * kk, p.k_s, p.scale,
+                           out_row + j * sw, sc, p.rpb_part ? p.rpb_part + row * R * R : nullptr);
   }
 }
 
@@ -427,7 +412,8 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
       qrows[nr] = bh * g.H + inverse_coord(rr, iq, g.d);
       qslots[nr++] = a;
     }
-    T* out_row = p.out + row * g.W * D;
+    T* out_row = out_row_of<T>(g, p, row);
+    const int64_t sw = p.os[3], sc = p.os[4];
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
       int64_t n = 0;
@@ -440,7 +426,7 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
         gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc);
-        store_transposed<T>(acc, nc, vscale, nv, out_row + j0 * D, D, c0, tmp.data());
+        store_out<T>(acc, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
     }
     if (!g.clamp) continue;
@@ -455,8 +441,8 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
           const int64_t kj = tap_coord(wj, b, g.d);
           if (kj < 0) continue;
           const T wt = p.scale * w[b];
-          T* o = out_row + kj * D;
-          for (int64_t c = 0; c < D; ++c) o[c] += wt * src[c * g.Wp];
+          T* o = out_row + kj * sw;
+          for (int64_t c = 0; c < D; ++c) o[c * sc] += wt * src[c * g.Wp];
         }
       }
     }
