@@ -140,15 +140,13 @@ inline T* out_row_of(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t ro
   return p.out + (bh / g.heads) * p.os[0] + (bh % g.heads) * p.os[1] + i * p.os[2];
 }
 
-template <typename T>
 struct RowInfo {
   int64_t row, bh, i, h;
   AxisWindow wi;
 };
 
-template <typename T>
-inline RowInfo<T> row_info(const StripGeometry& g, int64_t row) {
-  RowInfo<T> r;
+inline RowInfo row_info(const StripGeometry& g, int64_t row) {
+  RowInfo r;
   r.row = row;
   r.bh = row / g.H;
   r.i = row % g.H;
@@ -166,8 +164,9 @@ inline const T* strip_col(const T* s, int64_t plane, int64_t C, const StripGeome
 
 // Logits of query (row, j) for every slot, per query (the clamped border columns): `lg`, kk.
 template <typename T>
-void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo<T>& ri, int64_t j,
-                  const T* q_s, const T* k_s, bool with_extras, T* lg) {
+void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri, int64_t j,
+                  T* lg) {
+  const T *q_s = p.q_s, *k_s = p.k_s;
   const int64_t k = g.k, R = g.R();
   const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
   const T* q = strip_col(q_s, ri.row, g.D, g, j);
@@ -180,11 +179,11 @@ void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
         continue;
       }
       const T* kc = strip_col(k_s, ri.bh * g.H + ki, g.D, g, kj);
-      const T* e = with_extras && p.rpe ? p.rpe + ((ri.h * k + a) * k + b) * g.D : nullptr;
+      const T* e = p.rpe ? p.rpe + ((ri.h * k + a) * k + b) * g.D : nullptr;
       T s = 0;
       for (int64_t c = 0; c < g.D; ++c) s += q[c * g.Wp] * (kc[c * g.Wp] + (e ? e[c] : T(0)));
       s *= p.scale;
-      if (with_extras && p.rpb)
+      if (p.rpb)
         s += p.rpb[(ri.h * R + rpb_index(ri.wi, a, k)) * R + rpb_index(wj, b, k)];
       lg[a * k + b] = s;
     }
@@ -194,7 +193,7 @@ void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
 // o[c * sc] = mul * sum over the valid slots of query (row, j) of w[slot] * m[key(slot)][c]
 // (per query: the clamped border columns), and the d_rpb partials of the row from w.
 template <typename T>
-void query_aggregate(const StripGeometry& g, const RowInfo<T>& ri, int64_t j, const T* w,
+void query_aggregate(const StripGeometry& g, const RowInfo& ri, int64_t j, const T* w,
                      const T* m_s, T mul, T* o, int64_t sc, T* rpb_part) {
   const int64_t k = g.k, R = g.R();
   const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
@@ -213,17 +212,18 @@ void query_aggregate(const StripGeometry& g, const RowInfo<T>& ri, int64_t j, co
   for (int64_t c = 0; c < g.D; ++c) o[c * sc] *= mul;
 }
 
-// Logits of the L queries j0.. of one row into lg[t*L + lane]; invalid slots get `invalid`.
+// Logits of the L queries j0.. of one row into lg[t*L + lane]; invalid slots get p.invalid.
 template <typename T>
-void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo<T>& ri,
-                  int64_t j0, const T* q_s, const T* k_s, bool with_extras, T invalid, T* lg) {
+void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
+                  int64_t j0, T* lg) {
+  const T *q_s = p.q_s, *k_s = p.k_s;
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k, r = g.r(), R = g.R();
   const int64_t nv = std::min<int64_t>(L, g.W - j0);
   const bool masked = !g.clamp && (j0 - g.P < 0 || j0 + nv - 1 + g.P >= g.W);
   const T* q = strip_col(q_s, ri.row, g.D, g, j0);
-  const V vscale(p.scale), vinvalid(invalid);
+  const V vscale(p.scale), vinvalid(p.invalid);
   V acc[kBlock];
   for (int64_t a = 0; a < k; ++a) {
     const int64_t ki = tap_coord(ri.wi, a, g.d);
@@ -232,8 +232,8 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
       continue;
     }
     const T* kr = strip_col(k_s, ri.bh * g.H + ki, g.D, g, j0 - g.P);
-    const T* rpe = with_extras && p.rpe ? p.rpe + (ri.h * k + a) * k * g.D : nullptr;
-    const T* rpb = with_extras && p.rpb ? p.rpb + (ri.h * R + rpb_index(ri.wi, a, k)) * R + r
+    const T* rpe = p.rpe ? p.rpe + (ri.h * k + a) * k * g.D : nullptr;
+    const T* rpb = p.rpb ? p.rpb + (ri.h * R + rpb_index(ri.wi, a, k)) * R + r
                                         : nullptr;
     for (int64_t b0 = 0; b0 < k; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
@@ -262,12 +262,12 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
   Scratch<Tap<T>> taps(kk);
   V acc[kBlock];
   for (int64_t row = r0; row < r1; ++row) {
-    const RowInfo<T> ri = row_info<T>(g, row);
+    const RowInfo ri = row_info(g, row);
     T* out_row = out_row_of<T>(g, p, row);
     const int64_t sw = p.os[3], sc = p.os[4];
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      strip_logits<T>(g, p, ri, j0, p.q_s, p.k_s, true, ninf, lg.data());
+      strip_logits<T>(g, p, ri, j0, lg.data());
       if (p.bias) {
         const T* bias = p.bias + (row * g.W + j0) * kk;
         for (int64_t l = 0; l < nv; ++l)
@@ -300,7 +300,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
     if (!g.clamp) continue;
     for (int64_t j = 0; j < g.W; ++j) {  // clamped border columns, per query
       if (!g.border_col(j)) continue;
-      query_logits<T>(g, p, ri, j, p.q_s, p.k_s, true, one.data());
+      query_logits<T>(g, p, ri, j, one.data());
       if (p.bias)
         for (int64_t t = 0; t < kk; ++t) one[t] += p.bias[(row * g.W + j) * kk + t];
       T mx = ninf, l = 0;
@@ -318,16 +318,16 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
   const int64_t kk = g.kk();
   Scratch<T> lg(kk * L), one(kk);
   for (int64_t row = r0; row < r1; ++row) {
-    const RowInfo<T> ri = row_info<T>(g, row);
+    const RowInfo ri = row_info(g, row);
     T* out = p.out + row * kk * g.Wp + g.P;  // strip layout (kk, Wp)
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits<T>(g, p, ri, j0, p.q_s, p.k_s, true, p.invalid, lg.data());
+      strip_logits<T>(g, p, ri, j0, lg.data());
       for (int64_t t = 0; t < kk; ++t) V::loadu(lg.data() + t * L).store(out + t * g.Wp + j0);
     }
     if (!g.clamp) continue;
     for (int64_t j = 0; j < g.W; ++j) {
       if (!g.border_col(j)) continue;
-      query_logits<T>(g, p, ri, j, p.q_s, p.k_s, true, one.data());
+      query_logits<T>(g, p, ri, j, one.data());
       for (int64_t t = 0; t < kk; ++t) out[t * g.Wp + j] = one[t];
     }
   }
@@ -344,7 +344,7 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
   const V vscale(p.scale);
   V acc[kBlock];
   for (int64_t row = r0; row < r1; ++row) {
-    const RowInfo<T> ri = row_info<T>(g, row);
+    const RowInfo ri = row_info(g, row);
     T* out_row = out_row_of<T>(g, p, row);
     const int64_t sw = p.os[3], sc = p.os[4];
     const T* w_row = p.w_s + row * kk * g.Wp + g.P;
