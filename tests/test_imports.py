@@ -64,7 +64,7 @@ def test_adapter_registers_everything(adapter, registry_module):
     # the FLOP handles of the ops reach mmengine's analyzer
     from mmengine.analysis import complexity_analysis
     for op in ('mmattn::na2d_qk', 'mmattn::na2d_av', 'mmattn::na2d_fused',
-               'mmattn::ghost_head_aggregate'):
+               'mmattn::na2d_fused_train', 'mmattn::ghost_head_aggregate'):
         assert op in complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
 
     # mmengine checkpoints load with weights_only=True

@@ -37,6 +37,14 @@ def na2d_fused_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return slots * D * (2 if _is_none(inputs[4]) else 3)
 
 
+def na2d_fused_train_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """The fused training forward: the same products as the inference kernel."""
+    B, heads, H, W, D = _shape(inputs[0])
+    kernel_size = inputs[5].toIValue()
+    slots = B * heads * H * W * kernel_size * kernel_size
+    return slots * D * (2 if _is_none(inputs[4]) else 3)
+
+
 def ghost_head_aggregate_flops(inputs: List[Any], outputs: List[Any]) -> int:
     """Per tap and channel: one multiply-add for the attention term ``x * A``, one more for each
     ghost matrix present (``x * S`` and ``A * M``), the convention of ``specs/elsa_swin.md`` 6.4
@@ -62,6 +70,7 @@ FLOP_HANDLES: Dict[str, Any] = {
     'mmattn::na2d_qk': na2d_qk_flops,
     'mmattn::na2d_av': na2d_av_flops,
     'mmattn::na2d_fused': na2d_fused_flops,
+    'mmattn::na2d_fused_train': na2d_fused_train_flops,
     'mmattn::ghost_head_aggregate': ghost_head_aggregate_flops,
     'aten::scaled_dot_product_attention': sdpa_flops,
 }

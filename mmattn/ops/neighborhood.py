@@ -1,8 +1,10 @@
 """Two-dimensional neighbourhood attention, ``mmattn.ops.na2d``.
 
-Training runs three ops (``na2d_qk`` -> softmax -> ``na2d_av``), each with its own backward
-kernel; inference (nothing requires grad) runs the fused ``na2d_fused`` kernel, which keeps no
-``k*k`` logits buffer. The ops are ``torch.library`` operators with fake kernels, so
+Inference (nothing requires grad) runs the fused ``na2d_fused`` kernel, which keeps no ``k*k``
+logits buffer. Training on the CPU with border 'mask' and no ``bias`` runs ``na2d_fused_train``,
+the same kernel saving the probabilities in its own (strip) layout, and one backward op; every
+other training case runs three ops (``na2d_qk`` -> softmax -> ``na2d_av``), each with its own
+backward kernel. The ops are ``torch.library`` operators with fake kernels, so
 ``torch.compile``, ``torch.fx`` and ``torch.jit.trace`` see them as single nodes.
 """
 from typing import Optional
@@ -54,6 +56,10 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         return torch.ops.mmattn.na2d_fused(q, k, v, rpb, rpe, bias, kernel_size, dilation, clamp,
                                            scale)
+    if (q.device.type == 'cpu' and not clamp and bias is None
+            and q.dtype in (torch.float32, torch.float64)):
+        return torch.ops.mmattn.na2d_fused_train(q, k, v, rpb, rpe, kernel_size, dilation,
+                                                 scale)[0]
     logits = torch.ops.mmattn.na2d_qk(q, k, rpb, rpe, kernel_size, dilation, clamp, scale)
     if bias is not None:
         logits = logits + bias
@@ -61,6 +67,12 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     low_precision = logits.dtype in (torch.float16, torch.bfloat16)
     attn = logits.softmax(dim=-1, dtype=torch.float32 if low_precision else None).to(v.dtype)
     return torch.ops.mmattn.na2d_av(attn, v, kernel_size, dilation, clamp)
+
+
+def strip_width(W: int, kernel_size: int, dilation: int) -> int:
+    """Row length ``Wp`` of the CPU kernels' strip layout: ``W`` rounded up to 16 plus
+    ``(kernel_size // 2) * dilation`` zero columns on each side (``na2d_kernels.h``)."""
+    return 2 * (kernel_size // 2) * dilation + (W + 15) // 16 * 16
 
 
 def _register() -> None:
@@ -94,6 +106,37 @@ def _register() -> None:
     def _fused_fake(q, k, v, rpb, rpe, bias, kernel_size, dilation, clamp, scale):
         return torch.empty_like(q)
 
+    @lib.register_fake('mmattn::na2d_fused_train')
+    def _fused_train_fake(q, k, v, rpb, rpe, kernel_size, dilation, scale):
+        B, heads, H, W = q.shape[:4]
+        return torch.empty_like(q), q.new_empty(
+            (B, heads, H, kernel_size * kernel_size, strip_width(W, kernel_size, dilation)))
+
+    @lib.register_fake('mmattn::na2d_fused_train_backward')
+    def _fused_train_backward_fake(grad, q, k, v, attn_s, rpe, kernel_size, dilation, scale,
+                                   with_rpb):
+        r = 2 * kernel_size - 1
+        drpb = q.new_empty((q.shape[1], r, r)) if with_rpb else q.new_empty(0)
+        drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty(0)
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drpb, drpe
+
+    def fused_train_setup(ctx, inputs, output):
+        q, k, v, rpb, rpe, kernel_size, dilation, scale = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(q, k, v, rpe, output[1])
+        ctx.args = (kernel_size, dilation, scale)
+        ctx.with_rpb = rpb is not None
+
+    def fused_train_backward(ctx, grad, _grad_attn_s):
+        q, k, v, rpe, attn_s = ctx.saved_tensors
+        with_rpb = ctx.with_rpb and ctx.needs_input_grad[3]
+        dq, dk, dv, drpb, drpe = torch.ops.mmattn.na2d_fused_train_backward(
+            grad, q, k, v, attn_s, rpe, *ctx.args, with_rpb)
+        need = ctx.needs_input_grad
+        return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None,
+                drpb if with_rpb else None, drpe if rpe is not None and need[4] else None,
+                None, None, None)
+
     def qk_setup(ctx, inputs, output):
         q, k, rpb, rpe, kernel_size, dilation, clamp, scale = inputs
         ctx.save_for_backward(q, k, rpe)
@@ -120,6 +163,8 @@ def _register() -> None:
         dattn, dv = torch.ops.mmattn.na2d_av_backward(grad, attn, v, *ctx.args)
         return dattn, dv, None, None, None
 
+    lib.register_autograd('mmattn::na2d_fused_train', fused_train_backward,
+                          setup_context=fused_train_setup)
     lib.register_autograd('mmattn::na2d_qk', qk_backward, setup_context=qk_setup)
     lib.register_autograd('mmattn::na2d_av', av_backward, setup_context=av_setup)
 

@@ -71,6 +71,12 @@ for border, dilation in (('mask', 1), ('mask', 2), ('clamp', 1), ('clamp', 2)):
             return fn(q, k, v, *ex, _f=na2d_reference)
 
         compare(f'na2d {border} d{dilation} {H}x{W} D={D}', fn, ref, [q, k, v, *extras.values()])
+        if border == 'mask':  # without bias: the fused training kernel and its backward
+            compare(f'na2d fused-train d{dilation} {H}x{W} D={D}',
+                    lambda q, k, v, rpb, rpe: na2d(q, k, v, ks, dilation, rpb=rpb, rpe=rpe),
+                    lambda q, k, v, rpb, rpe: na2d_reference(q, k, v, ks, dilation, rpb=rpb,
+                                                             rpe=rpe),
+                    [q, k, v, rpb, extras['rpe']])
 
         # strided inputs, (B, heads, H, W, D) views of (B, heads, D, H, W) buffers as SASA
         # passes them: outputs and gradients take that layout (clone keeps the strides)

@@ -316,7 +316,8 @@ GRADCHECK_CASES = (
 
 @pytest.mark.parametrize('B, heads, H, W, D, ks, dilation, border, extras', GRADCHECK_CASES)
 def test_gradcheck(B, heads, H, W, D, ks, dilation, border, extras, num_threads):
-    # through the public API: na2d_qk -> softmax -> na2d_av, with their backward kernels
+    # through the public API: na2d_fused_train and its backward ('mask' without bias), else
+    # na2d_qk -> softmax -> na2d_av, with their backward kernels
     num_threads(1)  # thousands of calls on tiny maps: no parallel-region overhead
     t = make_inputs(B, heads, H, W, D, ks, extras, seed=2, requires_grad=True)
     names = list(grad_tensors(t))
@@ -459,7 +460,10 @@ def test_fused_matches_training_path_and_reference(border, dilation, extras, rec
     assert rec.mmattn_ops() == ['mmattn::na2d_fused']
     with record_ops() as rec:
         training = call(na2d, t, ks, dilation, border)
-    assert rec.mmattn_ops() == ['mmattn::na2d_qk', 'mmattn::na2d_av']
+    # CPU training: the fused training kernel ('mask' without bias), else the three-op path
+    fused_train = border == 'mask' and 'bias' not in extras
+    assert rec.mmattn_ops() == (['mmattn::na2d_fused_train'] if fused_train else
+                                ['mmattn::na2d_qk', 'mmattn::na2d_av'])
     t64 = {n: None if x is None else x.detach().double() for n, x in t.items()}
     expected = call(na2d_reference, t64, ks, dilation, border).float()
     torch.testing.assert_close(fused, expected, **FP32_TOL)

@@ -161,12 +161,23 @@ def test_make_fx_fake_and_symbolic_shapes(tracing_mode):
     def attention(q, k, v, rpb, rpe):
         return na2d(q, k, v, 3, 2, 'mask', rpb=rpb, rpe=rpe)
 
+    def attention_clamp(q, k, v, rpb):
+        return na2d(q, k, v, 3, 1, 'clamp', rpb=rpb)
+
     def ghost(v, attn, ghost_mul, ghost_add):
         return ghost_head_aggregate(v, attn, ghost_mul, ghost_add, 3, 2)
 
     qkv = [torch.randn(2, 2, 6, 7, 4, requires_grad=True) for _ in range(3)]
     rpb, rpe = torch.randn(2, 5, 5), torch.randn(2, 3, 3, 4)
     graph = make_fx(attention, tracing_mode=tracing_mode)(*qkv, rpb, rpe).graph
+    # CPU training with border 'mask': the fused training op, whose second output (the saved
+    # probabilities) is (B, heads, H, k*k, Wp), Wp = 2 * (k // 2) * dilation + 16
+    assert _mmattn_targets(graph) == ['mmattn.na2d_fused_train.default']
+    node = [n for n in graph.nodes if n.target == torch.ops.mmattn.na2d_fused_train.default][0]
+    assert [tuple(v.shape) for v in node.meta['val']] == [(2, 2, 6, 7, 4), (2, 2, 6, 9, 20)]
+    outputs = [n for n in graph.nodes if n.op == 'output'][0].args[0]
+    assert tuple(outputs.meta['val'].shape) == (2, 2, 6, 7, 4)
+    graph = make_fx(attention_clamp, tracing_mode=tracing_mode)(*qkv, rpb).graph
     assert _mmattn_targets(graph) == ['mmattn.na2d_qk.default', 'mmattn.na2d_av.default']
     outputs = [n for n in graph.nodes if n.op == 'output'][0].args[0]
     assert tuple(outputs.meta['val'].shape) == (2, 2, 6, 7, 4)

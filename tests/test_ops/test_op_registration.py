@@ -12,7 +12,8 @@ import torch
 from mmattn.ops import has_compiled_ops
 
 OPS = ('na2d_qk', 'na2d_qk_backward', 'na2d_av', 'na2d_av_backward', 'na2d_fused',
-       'ghost_head_aggregate', 'ghost_head_aggregate_backward')
+       'na2d_fused_train', 'na2d_fused_train_backward', 'ghost_head_aggregate',
+       'ghost_head_aggregate_backward')
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 needs_ext = pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not built')
@@ -51,6 +52,12 @@ def _opcheck_cases():
         ('na2d_fused', ops.na2d_fused.default,
          (q.detach(), k.detach(), v.detach(), rpb.detach(), rpe.detach(), bias, ks, d, False,
           0.5)),
+        ('na2d_fused_train-rpb+rpe', ops.na2d_fused_train.default, (q, k, v, rpb, rpe, ks, d, 0.5)),
+        ('na2d_fused_train-plain', ops.na2d_fused_train.default, (q, k, v, None, None, 3, 1, 0.5)),
+        ('na2d_fused_train_backward', ops.na2d_fused_train_backward.default,
+         (grad_out, q.detach(), k.detach(), v.detach(),
+          ops.na2d_fused_train(q.detach(), k.detach(), v.detach(), rpb.detach(), rpe.detach(), ks,
+                               d, 0.5)[1], rpe.detach(), ks, d, 0.5, True)),
         ('ghost_head_aggregate', ops.ghost_head_aggregate.default, (gv, gattn, gmul, gadd, 3, 2)),
         ('ghost_head_aggregate-plain', ops.ghost_head_aggregate.default,
          (gv, gattn, None, None, 3, 1)),
@@ -61,7 +68,7 @@ def _opcheck_cases():
 
 
 @needs_ext
-@pytest.mark.parametrize('case', range(10), ids=[c[0] for c in _opcheck_cases()])
+@pytest.mark.parametrize('case', range(13), ids=[c[0] for c in _opcheck_cases()])
 def test_opcheck(case):
     # schema, fake kernel vs real kernel, autograd registration, AOT dispatch (dynamic shapes)
     _, op, args = _opcheck_cases()[case]

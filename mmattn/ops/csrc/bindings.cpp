@@ -94,6 +94,13 @@ TORCH_LIBRARY(mmattn, m) {
         "bool clamp) -> (Tensor, Tensor)");
   m.def("na2d_fused(Tensor q, Tensor k, Tensor v, Tensor? rpb, Tensor? rpe, Tensor? bias, "
         "int kernel_size, int dilation, bool clamp, float scale) -> Tensor");
+  // CPU only: the fused training pass ('mask', no bias) and its backward; attn_s holds the
+  // probabilities in the CPU kernels' strip layout (B, heads, H, k*k, W + 2P rounded up).
+  m.def("na2d_fused_train(Tensor q, Tensor k, Tensor v, Tensor? rpb, Tensor? rpe, "
+        "int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
+  m.def("na2d_fused_train_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor attn_s, "
+        "Tensor? rpe, int kernel_size, int dilation, float scale, bool with_rpb) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("ghost_head_aggregate(Tensor v, Tensor attn, Tensor? ghost_mul, Tensor? ghost_add, "
         "int kernel_size, int dilation) -> Tensor");
   m.def("ghost_head_aggregate_backward(Tensor grad, Tensor v, Tensor attn, Tensor? ghost_mul, "

@@ -50,7 +50,7 @@ namespace {
 template <typename T>
 struct Kernels {
   using Fn = void (*)(const StripGeometry&, const Na2dBuffers<T>&, int64_t, int64_t);
-  Fn fused, logits, aggregate, inverse;
+  Fn fused, logits, aggregate, inverse, softmax_grad;
 };
 
 template <typename T>
@@ -59,14 +59,15 @@ Kernels<T> kernels() {
 #if defined(MMATTN_HAVE_AVX512)
   if (isa == "AVX512")
     return {&AVX512::fused_rows, &AVX512::logits_rows, &AVX512::aggregate_rows,
-            &AVX512::inverse_rows};
+            &AVX512::inverse_rows, &AVX512::softmax_grad_rows};
 #endif
 #if defined(MMATTN_HAVE_AVX2)
   if (isa == "AVX2")
-    return {&AVX2::fused_rows, &AVX2::logits_rows, &AVX2::aggregate_rows, &AVX2::inverse_rows};
+    return {&AVX2::fused_rows, &AVX2::logits_rows, &AVX2::aggregate_rows, &AVX2::inverse_rows,
+            &AVX2::softmax_grad_rows};
 #endif
   return {&DEFAULT::fused_rows, &DEFAULT::logits_rows, &DEFAULT::aggregate_rows,
-          &DEFAULT::inverse_rows};
+          &DEFAULT::inverse_rows, &DEFAULT::softmax_grad_rows};
 }
 
 template <typename T>
@@ -160,6 +161,16 @@ void mask_weights(const StripGeometry& g, T* w_s) {
   });
 }
 
+// d_rpe = scale * sum over the queries of d_logits[t] q[c]: one small GEMM per (batch, head, row)
+// on the strips (zero padding on both), (k*k, Wp) x (Wp, D), without the transposing copies of
+// an einsum, then a sum over batches and rows in a fixed order.
+Tensor rpe_grad(const Tensor& ds_s, const Tensor& q_s, const StripGeometry& g, double scale) {
+  const Tensor part = at::bmm(ds_s.view({g.rows(), g.kk(), g.Wp}),
+                              q_s.view({g.rows(), g.D, g.Wp}).transpose(1, 2));
+  return (part.view({g.B, g.heads, g.H, g.kk(), g.D}).sum({0, 2}) * scale)
+      .view({g.heads, g.k, g.k, g.D});
+}
+
 // An output like `like` (the memory layout of the corresponding input, e.g. SASA's q/k/v views of
 // a (B, heads, D, H, W) conv output), in the compute dtype; the fake kernels use empty_like too.
 Tensor output_like(const Tensor& like) {
@@ -236,10 +247,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_qk_backward_cpu(
   });
   const auto dtype = q_in.scalar_type();
   Tensor drpb = with_rpb ? rpb_part.sum({0, 2}).to(dtype) : none_like(q_in);
-  Tensor drpe = rpe.has_value()
-                    ? (at::einsum("bhitw,bhicw->htc", {w_s, q_s}) * scale)
-                          .view({g.heads, g.k, g.k, g.D}).to(dtype)
-                    : none_like(q_in);
+  Tensor drpe = rpe.has_value() ? rpe_grad(w_s, q_s, g, scale).to(dtype) : none_like(q_in);
   return {dq.to(dtype), dk.to(dtype), drpb, drpe};
 }
 
@@ -312,6 +320,90 @@ Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
   return out.to(q_in.scalar_type());
 }
 
+// The fused training pass (CPU only, border 'mask', no bias): the inference kernel, which also
+// writes the probabilities in the strip layout (B, heads, H, k*k, Wp) for the backward pass. It
+// replaces na2d_qk -> softmax -> na2d_av, whose logits and probabilities each cross memory in
+// the op layout and are transposed to and from the strip layout by every op.
+std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor& k_in,
+                                                const Tensor& v_in, const OptTensor& rpb_in,
+                                                const OptTensor& rpe_in, int64_t kernel_size,
+                                                int64_t dilation, double scale) {
+  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  check_na2d_extras(q_in, rpb_in, rpe_in, std::nullopt, kernel_size, false);
+  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+  const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g), v_s = to_strip(v_in, g);
+  const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in);
+  Tensor out = output_like(q_in);
+  Tensor attn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
+  AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_fused_train_cpu", [&] {
+    Na2dBuffers<scalar_t> p;
+    p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
+    p.v_s = v_s.data_ptr<scalar_t>();
+    p.rpb = ptr<scalar_t>(rpb), p.rpe = ptr<scalar_t>(rpe);
+    p.attn_s = attn_s.data_ptr<scalar_t>();
+    set_out(p, out);
+    p.scale = static_cast<scalar_t>(scale);
+    p.invalid = -std::numeric_limits<scalar_t>::infinity();
+    run_rows<scalar_t>(kernels<scalar_t>().fused, g, p);
+  });
+  return {out.to(q_in.scalar_type()), attn_s};
+}
+
+// Backward of na2d_fused_train: d_logits in the strip layout from the saved probabilities
+// (softmax_grad: dP = d_out . v), then d_v = P^T d_out and d_k = d_logits^T q (the inverse
+// neighbourhood), d_q = d_logits (k + rpe), d_rpb and d_rpe, as in na2d_av_backward and
+// na2d_qk_backward.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu(
+    const Tensor& grad_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+    const Tensor& attn_s_in, const OptTensor& rpe_in, int64_t kernel_size, int64_t dilation,
+    double scale, bool with_rpb) {
+  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, grad_in, kernel_size, dilation, false);
+  check_na2d_extras(q_in, std::nullopt, rpe_in, std::nullopt, kernel_size, false);
+  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+  TORCH_CHECK(attn_s_in.sizes() == at::IntArrayRef({g.B, g.heads, g.H, g.kk(), g.Wp}) &&
+                  attn_s_in.is_contiguous() && attn_s_in.scalar_type() == compute_type(q_in),
+              "na2d_fused_train_backward: attn_s must be the contiguous (B, heads, H, k*k, Wp) "
+              "probabilities of na2d_fused_train, got ", attn_s_in.sizes());
+  const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g), v_s = to_strip(v_in, g),
+               g_s = to_strip(grad_in, g);
+  const OptTensor rpe = compute_dtype(rpe_in);
+  const auto opts = q_s.options();
+  Tensor ds_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, opts);
+  Tensor dq = output_like(q_in), dk = output_like(k_in), dv = output_like(v_in);
+  Tensor rpb_part = with_rpb ? at::zeros({g.B, g.heads, g.H, g.R(), g.R()}, opts) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_fused_train_backward_cpu", [&] {
+    const Kernels<scalar_t> kn = kernels<scalar_t>();
+    const scalar_t* attn_s = attn_s_in.data_ptr<scalar_t>();
+    Na2dBuffers<scalar_t> ps;  // d_logits
+    ps.q_s = g_s.data_ptr<scalar_t>(), ps.k_s = v_s.data_ptr<scalar_t>(), ps.w_s = attn_s;
+    ps.out = ds_s.data_ptr<scalar_t>();
+    run_rows<scalar_t>(kn.softmax_grad, g, ps);
+    Na2dBuffers<scalar_t> pv;  // d_v
+    pv.w_s = attn_s, pv.src_s = g_s.data_ptr<scalar_t>();
+    set_out(pv, dv);
+    run_rows<scalar_t>(kn.inverse, g, pv);
+    Na2dBuffers<scalar_t> pq;  // d_q and the d_rpb partials
+    pq.w_s = ds_s.data_ptr<scalar_t>(), pq.k_s = k_s.data_ptr<scalar_t>();
+    pq.rpe = ptr<scalar_t>(rpe);
+    set_out(pq, dq);
+    pq.rpb_part = with_rpb ? rpb_part.data_ptr<scalar_t>() : nullptr;
+    pq.scale = static_cast<scalar_t>(scale);
+    run_rows<scalar_t>(kn.aggregate, g, pq);
+    Na2dBuffers<scalar_t> pk;  // d_k
+    pk.w_s = pq.w_s, pk.src_s = q_s.data_ptr<scalar_t>();
+    set_out(pk, dk);
+    pk.scale = pq.scale;
+    run_rows<scalar_t>(kn.inverse, g, pk);
+  });
+  const auto dtype = q_in.scalar_type();
+  Tensor drpb = with_rpb ? rpb_part.sum({0, 2}).to(dtype) : none_like(q_in);
+  Tensor drpe = rpe.has_value() ? rpe_grad(ds_s, q_s, g, scale).to(dtype) : none_like(q_in);
+  return {dq.to(dtype), dk.to(dtype), dv.to(dtype), drpb, drpe};
+}
+
 }  // namespace cpu
 }  // namespace mmattn
 
@@ -321,4 +413,6 @@ TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("na2d_av", &mmattn::cpu::na2d_av_cpu);
   m.impl("na2d_av_backward", &mmattn::cpu::na2d_av_backward_cpu);
   m.impl("na2d_fused", &mmattn::cpu::na2d_fused_cpu);
+  m.impl("na2d_fused_train", &mmattn::cpu::na2d_fused_train_cpu);
+  m.impl("na2d_fused_train_backward", &mmattn::cpu::na2d_fused_train_backward_cpu);
 }

@@ -40,6 +40,7 @@ struct Na2dBuffers {
   const T* rpb = nullptr;  // (heads, 2k-1, 2k-1)
   const T* rpe = nullptr;  // (heads, k, k, D)
   const T* bias = nullptr;  // (rows, W, k*k)
+  T* attn_s = nullptr;      // strip layout (rows, k*k, Wp): the fused kernel's probabilities
   T* out = nullptr;         // (B, heads, H, W, D) with strides os, or strip layout (rows, k*k, Wp)
   int64_t os[5] = {0, 0, 0, 0, 0};  // strides of out (elements); logits: unused
   T* rpb_part = nullptr;    // (rows, 2k-1, 2k-1) per-row partial sums of d_rpb
@@ -53,6 +54,8 @@ struct Na2dBuffers {
 //   logits:    out_s[t] = scale * q.(k[t] + rpe[t]) + rpb[t], `invalid` on invalid slots
 //   aggregate: out = scale * sum_t w[t] (k[t] + rpe[t]), and d_rpb partials from w
 //   inverse:   out[key] = scale * sum over the queries that see key: w[query, slot] src[query]
+//   softmax_grad: out_s[t] = w_s[t] * (dP[t] - sum_t w_s[t] dP[t]), dP[t] = q_s . k_s[t]
+//              (the fused training pass' d_logits; 'mask' only)
 #define MMATTN_NA2D_KERNEL_DECLS                                                                \
   void fused_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);          \
   void fused_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);         \
@@ -62,6 +65,8 @@ struct Na2dBuffers {
   void aggregate_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);     \
   void inverse_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);        \
   void inverse_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);       \
+  void softmax_grad_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);   \
+  void softmax_grad_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);  \
   int64_t vector_lanes_float();
 
 namespace DEFAULT { MMATTN_NA2D_KERNEL_DECLS }

@@ -162,6 +162,16 @@ inline const T* strip_col(const T* s, int64_t plane, int64_t C, const StripGeome
   return s + plane * C * g.Wp + g.P + j;
 }
 
+// Zeroes the padding columns of the C strip-layout rows at `row` (column 0 of the image): the
+// P columns on the left, and those from W to the end of each row.
+template <typename T>
+inline void zero_padding(const StripGeometry& g, T* row, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    std::fill(row + c * g.Wp - g.P, row + c * g.Wp, T(0));
+    std::fill(row + c * g.Wp + g.W, row + (c + 1) * g.Wp - g.P, T(0));
+  }
+}
+
 // Logits of query (row, j) for every slot, per query (the clamped border columns): `lg`, kk.
 template <typename T>
 void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri, int64_t j,
@@ -264,6 +274,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
   for (int64_t row = r0; row < r1; ++row) {
     const RowInfo ri = row_info(g, row);
     T* out_row = out_row_of<T>(g, p, row);
+    T* attn_row = p.attn_s ? p.attn_s + row * kk * g.Wp + g.P : nullptr;
     const int64_t sw = p.os[3], sc = p.os[4];
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
@@ -296,7 +307,11 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
         gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc);
         store_out<T>(acc, nc, inv, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
+      if (attn_row)  // the probabilities, for the backward pass ('mask' only)
+        for (int64_t t = 0; t < kk; ++t)
+          (V::loadu(lg.data() + t * L) * inv).store(attn_row + t * g.Wp + j0, nv);
     }
+    if (attn_row) zero_padding<T>(g, attn_row, kk);
     if (!g.clamp) continue;
     for (int64_t j = 0; j < g.W; ++j) {  // clamped border columns, per query
       if (!g.border_col(j)) continue;
@@ -390,6 +405,33 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
   }
 }
 
+// d_logits of the fused training pass: ds[t] = P[t] * (dP[t] - sum_t' P[t'] dP[t']), with
+// dP[t] = d_out . v[t] (the logits kernel with q_s = d_out strips, k_s = v strips) and P the
+// saved probabilities (w_s), all in the strip layout ('mask' only; invalid slots have P = 0).
+template <typename T>
+void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0,
+                            int64_t r1) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t kk = g.kk();
+  Scratch<T> lg(kk * L);
+  for (int64_t row = r0; row < r1; ++row) {
+    const RowInfo ri = row_info(g, row);
+    const T* pr = p.w_s + row * kk * g.Wp + g.P;
+    T* out = p.out + row * kk * g.Wp + g.P;
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      strip_logits<T>(g, p, ri, j0, lg.data());
+      V s(T(0));
+      for (int64_t t = 0; t < kk; ++t)
+        s = at::vec::fmadd(V::loadu(pr + t * g.Wp + j0), V::loadu(lg.data() + t * L), s);
+      for (int64_t t = 0; t < kk; ++t)
+        ((V::loadu(lg.data() + t * L) - s) * V::loadu(pr + t * g.Wp + j0))
+            .store(out + t * g.Wp + j0);
+    }
+    zero_padding<T>(g, out, kk);
+  }
+}
+
 template <typename T>
 void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
   using V = Vectorized<T>;
@@ -465,6 +507,10 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
   void inverse_rows(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0,             \
                     int64_t r1) {                                                            \
     inverse_rows_impl<T>(g, p, r0, r1);                                                      \
+  }                                                                                          \
+  void softmax_grad_rows(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0,        \
+                         int64_t r1) {                                                       \
+    softmax_grad_rows_impl<T>(g, p, r0, r1);                                                 \
   }
 
 MMATTN_NA2D_KERNEL_DEFS(float)
