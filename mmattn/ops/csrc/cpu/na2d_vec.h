@@ -69,13 +69,112 @@ inline void dots(const T* a, const T* m, const T* e, int64_t D, int64_t Wp, int6
   }
 }
 
-// acc[c] = sum over taps w * (m[(c0 + c)*Wp] + e[c0 + c])   for c < NC
+// dot_block for two query rows that share the key row m (rows i and i + dilation, at window
+// rows a and a - 1): each loaded key vector feeds both rows' FMAs. Every accumulator sees the
+// same operations in the same order as in dot_block, so the results are identical.
+template <typename T, int NB, bool RPE>
+inline void dot_block2(const T* a0, const T* a1, const T* m, const T* e0, const T* e1, int64_t D,
+                       int64_t Wp, int64_t step, Vectorized<T>* acc0, Vectorized<T>* acc1) {
+  using V = Vectorized<T>;
+  V s0[NB], s1[NB];
+  for (int b = 0; b < NB; ++b) s0[b] = s1[b] = V(T(0));
+  for (int64_t c = 0; c < D; ++c) {
+    const V av0 = V::loadu(a0 + c * Wp), av1 = V::loadu(a1 + c * Wp);
+    const T* row = m + c * Wp;
+    for (int b = 0; b < NB; ++b) {
+      const V kv = in_register(V::loadu(row + b * step));
+      if constexpr (RPE) {
+        s0[b] = at::vec::fmadd(av0, kv + V(e0[b * D + c]), s0[b]);
+        s1[b] = at::vec::fmadd(av1, kv + V(e1[b * D + c]), s1[b]);
+      } else {
+        s0[b] = at::vec::fmadd(av0, kv, s0[b]);
+        s1[b] = at::vec::fmadd(av1, kv, s1[b]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b) acc0[b] = s0[b], acc1[b] = s1[b];
+}
+
+// Register block of the two-row kernels: 2 x 8 accumulators need 32 vector registers (AVX512);
+// with 16 (AVX2 and narrower) the blocks are 4 wide.
+template <typename T>
+constexpr int pair_block() {
+  return Vectorized<T>::size() * sizeof(T) >= 64 ? kBlock : kBlock / 2;
+}
+
+template <typename T, bool RPE>
+inline void dots2(const T* a0, const T* a1, const T* m, const T* e0, const T* e1, int64_t D,
+                  int64_t Wp, int64_t step, int nb, Vectorized<T>* acc0, Vectorized<T>* acc1) {
+  switch (nb) {
+    case 1: return dot_block2<T, 1, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    case 2: return dot_block2<T, 2, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    case 3: return dot_block2<T, 3, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    case 4: return dot_block2<T, 4, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    case 5: return dot_block2<T, 5, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    case 6: return dot_block2<T, 6, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    case 7: return dot_block2<T, 7, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    default: return dot_block2<T, 8, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+  }
+}
+
+// Two taps of the same key (or value) vector m: weight w0 of the first query row, w1 of the second.
+template <typename T>
+struct Tap2 {
+  const T* w0;
+  const T* w1;
+  const T* m;
+  const T* e0 = nullptr;  // rpe of the slot of each row, (D,), or nullptr
+  const T* e1 = nullptr;
+};
+
+// acc0[c] += sum over taps w0 * m[(c0 + c)*Wp], acc1[c] += ... w1 ..., for c < NC; each loaded
+// m vector feeds both rows, in the order of gather_block.
 template <typename T, int NC, bool RPE>
+inline void gather2_block(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp,
+                          Vectorized<T>* acc0, Vectorized<T>* acc1) {
+  using V = Vectorized<T>;
+  V s0[NC], s1[NC];
+  for (int c = 0; c < NC; ++c) s0[c] = acc0[c], s1[c] = acc1[c];
+  for (int64_t t = 0; t < n; ++t) {
+    const V w0 = V::loadu(taps[t].w0), w1 = V::loadu(taps[t].w1);
+    const T* m = taps[t].m + c0 * Wp;
+    for (int c = 0; c < NC; ++c) {
+      const V mv = in_register(V::loadu(m + c * Wp));
+      if constexpr (RPE) {
+        s0[c] = at::vec::fmadd(w0, mv + V(taps[t].e0[c0 + c]), s0[c]);
+        s1[c] = at::vec::fmadd(w1, mv + V(taps[t].e1[c0 + c]), s1[c]);
+      } else {
+        s0[c] = at::vec::fmadd(w0, mv, s0[c]);
+        s1[c] = at::vec::fmadd(w1, mv, s1[c]);
+      }
+    }
+  }
+  for (int c = 0; c < NC; ++c) acc0[c] = s0[c], acc1[c] = s1[c];
+}
+
+template <typename T, bool RPE = false>
+inline void gather2(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc,
+                    Vectorized<T>* acc0, Vectorized<T>* acc1) {
+  switch (nc) {
+    case 1: return gather2_block<T, 1, RPE>(taps, n, c0, Wp, acc0, acc1);
+    case 2: return gather2_block<T, 2, RPE>(taps, n, c0, Wp, acc0, acc1);
+    case 3: return gather2_block<T, 3, RPE>(taps, n, c0, Wp, acc0, acc1);
+    case 4: return gather2_block<T, 4, RPE>(taps, n, c0, Wp, acc0, acc1);
+    case 5: return gather2_block<T, 5, RPE>(taps, n, c0, Wp, acc0, acc1);
+    case 6: return gather2_block<T, 6, RPE>(taps, n, c0, Wp, acc0, acc1);
+    case 7: return gather2_block<T, 7, RPE>(taps, n, c0, Wp, acc0, acc1);
+    default: return gather2_block<T, 8, RPE>(taps, n, c0, Wp, acc0, acc1);
+  }
+}
+
+// acc[c] (+)= sum over taps w * (m[(c0 + c)*Wp] + e[c0 + c])   for c < NC; ACC: add to acc
+// instead of starting from zero
+template <typename T, int NC, bool RPE, bool ACC = false>
 inline void gather_block(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp,
                          Vectorized<T>* acc) {
   using V = Vectorized<T>;
   V s[NC];
-  for (int c = 0; c < NC; ++c) s[c] = V(T(0));
+  for (int c = 0; c < NC; ++c) s[c] = ACC ? acc[c] : V(T(0));
   for (int64_t t = 0; t < n; ++t) {
     const V wv = V::loadu(taps[t].w);
     const T* m = taps[t].m + c0 * Wp;
@@ -88,18 +187,18 @@ inline void gather_block(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp,
   for (int c = 0; c < NC; ++c) acc[c] = s[c];
 }
 
-template <typename T, bool RPE>
+template <typename T, bool RPE, bool ACC = false>
 inline void gather(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc,
                    Vectorized<T>* acc) {
   switch (nc) {
-    case 1: return gather_block<T, 1, RPE>(taps, n, c0, Wp, acc);
-    case 2: return gather_block<T, 2, RPE>(taps, n, c0, Wp, acc);
-    case 3: return gather_block<T, 3, RPE>(taps, n, c0, Wp, acc);
-    case 4: return gather_block<T, 4, RPE>(taps, n, c0, Wp, acc);
-    case 5: return gather_block<T, 5, RPE>(taps, n, c0, Wp, acc);
-    case 6: return gather_block<T, 6, RPE>(taps, n, c0, Wp, acc);
-    case 7: return gather_block<T, 7, RPE>(taps, n, c0, Wp, acc);
-    default: return gather_block<T, 8, RPE>(taps, n, c0, Wp, acc);
+    case 1: return gather_block<T, 1, RPE, ACC>(taps, n, c0, Wp, acc);
+    case 2: return gather_block<T, 2, RPE, ACC>(taps, n, c0, Wp, acc);
+    case 3: return gather_block<T, 3, RPE, ACC>(taps, n, c0, Wp, acc);
+    case 4: return gather_block<T, 4, RPE, ACC>(taps, n, c0, Wp, acc);
+    case 5: return gather_block<T, 5, RPE, ACC>(taps, n, c0, Wp, acc);
+    case 6: return gather_block<T, 6, RPE, ACC>(taps, n, c0, Wp, acc);
+    case 7: return gather_block<T, 7, RPE, ACC>(taps, n, c0, Wp, acc);
+    default: return gather_block<T, 8, RPE, ACC>(taps, n, c0, Wp, acc);
   }
 }
 
@@ -222,18 +321,42 @@ void query_aggregate(const StripGeometry& g, const RowInfo& ri, int64_t j, const
   for (int64_t c = 0; c < g.D; ++c) o[c * sc] *= mul;
 }
 
+// Scale, rpb and the border mask on the logits acc[0..nb) of window row a, columns b0.., of the L
+// queries j0.. of one row; stored into lg[t*L + lane].
+template <typename T>
+inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
+                         int64_t a, int64_t b0, int nb, int64_t j0, bool masked,
+                         const Vectorized<T>* acc, T* lg) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t k = g.k, r = g.r(), R = g.R();
+  const T* rpb = p.rpb ? p.rpb + (ri.h * R + rpb_index(ri.wi, a, k)) * R + r : nullptr;
+  const V vscale(p.scale), vinvalid(p.invalid);
+  for (int bb = 0; bb < nb; ++bb) {
+    const int64_t b = b0 + bb;
+    V x = acc[bb] * vscale;
+    if (rpb) x = x + V(rpb[b]);
+    if (masked) x = V::blendv(vinvalid, x, column_mask<T>(j0, (b - r) * g.d, g.W));
+    x.store(lg + (a * k + b) * L);
+  }
+}
+
+// Whether the lanes of the query vector at j0 have taps outside the map ('mask' border).
+inline bool masked_vector(const StripGeometry& g, int64_t j0, int64_t L) {
+  const int64_t nv = std::min<int64_t>(L, g.W - j0);
+  return !g.clamp && (j0 - g.P < 0 || j0 + nv - 1 + g.P >= g.W);
+}
+
 // Logits of the L queries j0.. of one row into lg[t*L + lane]; invalid slots get p.invalid.
 template <typename T>
 void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
                   int64_t j0, T* lg) {
-  const T *q_s = p.q_s, *k_s = p.k_s;
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  const int64_t k = g.k, r = g.r(), R = g.R();
-  const int64_t nv = std::min<int64_t>(L, g.W - j0);
-  const bool masked = !g.clamp && (j0 - g.P < 0 || j0 + nv - 1 + g.P >= g.W);
-  const T* q = strip_col(q_s, ri.row, g.D, g, j0);
-  const V vscale(p.scale), vinvalid(p.invalid);
+  const int64_t k = g.k;
+  const bool masked = masked_vector(g, j0, L);
+  const T* q = strip_col(p.q_s, ri.row, g.D, g, j0);
+  const V vinvalid(p.invalid);
   V acc[kBlock];
   for (int64_t a = 0; a < k; ++a) {
     const int64_t ki = tap_coord(ri.wi, a, g.d);
@@ -241,24 +364,162 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
       for (int64_t b = 0; b < k; ++b) vinvalid.store(lg + (a * k + b) * L);
       continue;
     }
-    const T* kr = strip_col(k_s, ri.bh * g.H + ki, g.D, g, j0 - g.P);
+    const T* kr = strip_col(p.k_s, ri.bh * g.H + ki, g.D, g, j0 - g.P);
     const T* rpe = p.rpe ? p.rpe + (ri.h * k + a) * k * g.D : nullptr;
-    const T* rpb = p.rpb ? p.rpb + (ri.h * R + rpb_index(ri.wi, a, k)) * R + r
-                                        : nullptr;
     for (int64_t b0 = 0; b0 < k; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
       if (rpe)
         dots<T, true>(q, kr + b0 * g.d, rpe + b0 * g.D, g.D, g.Wp, g.d, nb, acc);
       else
         dots<T, false>(q, kr + b0 * g.d, nullptr, g.D, g.Wp, g.d, nb, acc);
-      for (int bb = 0; bb < nb; ++bb) {
-        const int64_t b = b0 + bb;
-        V x = acc[bb] * vscale;
-        if (rpb) x = x + V(rpb[b]);
-        if (masked) x = V::blendv(vinvalid, x, column_mask<T>(j0, (b - r) * g.d, g.W));
-        x.store(lg + (a * k + b) * L);
-      }
+      store_logits<T>(g, p, ri, a, b0, nb, j0, masked, acc, lg);
     }
+  }
+}
+
+// Query rows i and i + dilation of one plane whose windows are one key row apart: window row a
+// of the second is window row a + 1 of the first, so the two rows read k + 1 key rows, not 2k.
+// That holds for every row with border 'mask' and away from the border with 'clamp'. Rows pair as
+// (i, i + d) for even i / d.
+inline bool leads_pair(const StripGeometry& g, int64_t i) {
+  if ((i / g.d) % 2 != 0 || i + g.d >= g.H) return false;
+  const AxisWindow w0 = query_window(i, g.H, g.k, g.d, g.clamp);
+  const AxisWindow w1 = query_window(i + g.d, g.H, g.k, g.d, g.clamp);
+  for (int64_t a = 1; a < g.k; ++a)
+    if (tap_coord(w1, a - 1, g.d) != tap_coord(w0, a, g.d)) return false;
+  return true;
+}
+
+// Runs one(ri) or two(ri, ri2) over the rows [r0, r1): two() for the pairs of leads_pair whose
+// rows both lie in the range, one() for the others. The per-element operations are those of
+// one(), so results do not depend on how the rows are split between threads.
+// `leads(i)` (leads_pair by default) says whether rows i and i + d pair.
+template <typename One, typename Two, typename Leads>
+inline void for_row_pairs(const StripGeometry& g, int64_t r0, int64_t r1, One&& one, Two&& two,
+                          Leads&& leads) {
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t i = row % g.H;
+    if ((i / g.d) % 2 == 1 && row - g.d >= r0 && leads(i - g.d)) continue;  // done
+    if (row + g.d < r1 && leads(i))
+      two(row_info(g, row), row_info(g, row + g.d));
+    else
+      one(row_info(g, row));
+  }
+}
+
+template <typename One, typename Two>
+inline void for_row_pairs(const StripGeometry& g, int64_t r0, int64_t r1, One&& one, Two&& two) {
+  for_row_pairs(g, r0, r1, one, two, [&g](int64_t i) { return leads_pair(g, i); });
+}
+
+// strip_logits of a leads_pair pair of rows (ri0, ri1) at once: lg0 and lg1.
+template <typename T>
+void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri0,
+                   const RowInfo& ri1, int64_t j0, T* lg0, T* lg1) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  constexpr int NB = pair_block<T>();
+  const int64_t k = g.k, D = g.D;
+  const bool masked = masked_vector(g, j0, L);
+  const T* q0 = strip_col(p.q_s, ri0.row, D, g, j0);
+  const T* q1 = strip_col(p.q_s, ri1.row, D, g, j0);
+  const V vinvalid(p.invalid);
+  V acc0[kBlock], acc1[kBlock];
+  for (int64_t a = 0; a <= k; ++a) {  // key row a of row 0 = key row a - 1 of row 1
+    const bool in0 = a < k, in1 = a > 0;
+    const int64_t ki = in0 ? tap_coord(ri0.wi, a, g.d) : tap_coord(ri1.wi, a - 1, g.d);
+    if (ki < 0) {
+      for (int64_t b = 0; b < k; ++b) {
+        if (in0) vinvalid.store(lg0 + (a * k + b) * L);
+        if (in1) vinvalid.store(lg1 + ((a - 1) * k + b) * L);
+      }
+      continue;
+    }
+    const T* kr = strip_col(p.k_s, ri0.bh * g.H + ki, D, g, j0 - g.P);
+    const T* e0 = p.rpe && in0 ? p.rpe + (ri0.h * k + a) * k * D : nullptr;
+    const T* e1 = p.rpe && in1 ? p.rpe + (ri1.h * k + a - 1) * k * D : nullptr;
+    for (int64_t b0 = 0; b0 < k; b0 += (in0 && in1 ? NB : kBlock)) {
+      if (in0 && in1) {
+        const int nb = static_cast<int>(std::min<int64_t>(NB, k - b0));
+        if (p.rpe)
+          dots2<T, true>(q0, q1, kr + b0 * g.d, e0 + b0 * D, e1 + b0 * D, D, g.Wp, g.d, nb, acc0,
+                         acc1);
+        else
+          dots2<T, false>(q0, q1, kr + b0 * g.d, nullptr, nullptr, D, g.Wp, g.d, nb, acc0, acc1);
+        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0);
+        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc1, lg1);
+        continue;
+      }
+      const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
+      const T* q = in0 ? q0 : q1;
+      const T* e = in0 ? e0 : e1;
+      if (e)
+        dots<T, true>(q, kr + b0 * g.d, e + b0 * D, D, g.Wp, g.d, nb, acc0);
+      else
+        dots<T, false>(q, kr + b0 * g.d, nullptr, D, g.Wp, g.d, nb, acc0);
+      if (in0)
+        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0);
+      else
+        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc0, lg1);
+    }
+  }
+}
+
+// The softmax of the fused kernel on the logits lg of the L queries j0.. of row ri (bias added
+// first): lg becomes exp(logit - max), 0 on invalid slots; returns 1 / sum.
+template <typename T>
+Vectorized<T> softmax_vector(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
+                             int64_t j0, T* lg) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t kk = g.kk();
+  const int64_t nv = std::min<int64_t>(L, g.W - j0);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  if (p.bias) {
+    const T* bias = p.bias + (ri.row * g.W + j0) * kk;
+    for (int64_t l = 0; l < nv; ++l)
+      for (int64_t t = 0; t < kk; ++t) lg[t * L + l] += bias[l * kk + t];
+  }
+  V m(ninf);
+  for (int64_t t = 0; t < kk; ++t) m = at::vec::maximum(m, V::loadu(lg + t * L));
+  V sum(T(0));
+  for (int64_t t = 0; t < kk; ++t) {
+    const V x = V::loadu(lg + t * L);
+    // exp(-inf - m) is 0 for a masked slot; the blend keeps it exactly 0.
+    const V e = V::blendv(V(T(0)), vexp<T>(x - m), x != V(ninf));
+    e.store(lg + t * L);
+    sum = sum + e;
+  }
+  return V(T(1)) / sum;
+}
+
+// The probabilities of the L queries j0.. (exps lg times inv) into the strip row attn_row.
+template <typename T>
+inline void store_probabilities(const StripGeometry& g, const T* lg, const Vectorized<T>& inv,
+                                int64_t j0, T* attn_row) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t nv = std::min<int64_t>(L, g.W - j0);
+  for (int64_t t = 0; t < g.kk(); ++t)
+    (V::loadu(lg + t * L) * inv).store(attn_row + t * g.Wp + j0, nv);
+}
+
+// The clamped border columns of the fused kernel's row ri, per query.
+template <typename T>
+void fused_border_columns(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
+                          T* out_row, T* one) {
+  const int64_t kk = g.kk();
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t sw = p.os[3], sc = p.os[4];
+  for (int64_t j = 0; j < g.W; ++j) {
+    if (!g.border_col(j)) continue;
+    query_logits<T>(g, p, ri, j, one);
+    if (p.bias)
+      for (int64_t t = 0; t < kk; ++t) one[t] += p.bias[(ri.row * g.W + j) * kk + t];
+    T mx = ninf, l = 0;
+    for (int64_t t = 0; t < kk; ++t) mx = std::max(mx, one[t]);
+    for (int64_t t = 0; t < kk; ++t) l += (one[t] = one[t] == ninf ? T(0) : std::exp(one[t] - mx));
+    query_aggregate<T>(g, ri, j, one, p.v_s, T(1) / l, out_row + j * sw, sc, nullptr);
   }
 }
 
@@ -266,64 +527,87 @@ template <typename T>
 void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
+  constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
-  const T ninf = -std::numeric_limits<T>::infinity();
-  Scratch<T> lg(kk * L), tmp(kBlock * L), one(kk);
-  Scratch<Tap<T>> taps(kk);
-  V acc[kBlock];
-  for (int64_t row = r0; row < r1; ++row) {
-    const RowInfo ri = row_info(g, row);
-    T* out_row = out_row_of<T>(g, p, row);
-    T* attn_row = p.attn_s ? p.attn_s + row * kk * g.Wp + g.P : nullptr;
-    const int64_t sw = p.os[3], sc = p.os[4];
+  Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
+  Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
+  Scratch<Tap2<T>> taps2(kk);
+  V acc0[kBlock], acc1[kBlock];
+  const int64_t sw = p.os[3], sc = p.os[4];
+  auto attn_row_of = [&](int64_t row) {
+    return p.attn_s ? p.attn_s + row * kk * g.Wp + g.P : nullptr;
+  };
+  auto finish_row = [&](const RowInfo& ri, T* out_row, T* attn_row) {
+    if (attn_row) zero_padding<T>(g, attn_row, kk);
+    if (g.clamp) fused_border_columns<T>(g, p, ri, out_row, one.data());
+  };
+  auto value = [&](const RowInfo& ri, int64_t ki, int64_t b, int64_t j0) {
+    return strip_col(p.v_s, ri.bh * g.H + ki, D, g, j0 + (b - r) * g.d);
+  };
+  auto one_row = [&](const RowInfo& ri) {
+    T* out_row = out_row_of<T>(g, p, ri.row);
+    T* attn_row = attn_row_of(ri.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      strip_logits<T>(g, p, ri, j0, lg.data());
-      if (p.bias) {
-        const T* bias = p.bias + (row * g.W + j0) * kk;
-        for (int64_t l = 0; l < nv; ++l)
-          for (int64_t t = 0; t < kk; ++t) lg[t * L + l] += bias[l * kk + t];
-      }
-      V m(ninf);
-      for (int64_t t = 0; t < kk; ++t) m = at::vec::maximum(m, V::loadu(lg.data() + t * L));
-      V sum(T(0));
+      strip_logits<T>(g, p, ri, j0, lg0.data());
+      const V inv = softmax_vector<T>(g, p, ri, j0, lg0.data());
       int64_t n = 0;
       for (int64_t a = 0; a < k; ++a) {
         const int64_t ki = tap_coord(ri.wi, a, g.d);
-        for (int64_t b = 0; b < k; ++b) {
-          T* w = lg.data() + (a * k + b) * L;
-          const V x = V::loadu(w);
-          // exp(-inf - m) is 0 for a masked slot; the blend keeps it exactly 0.
-          const V e = V::blendv(V(T(0)), vexp<T>(x - m), x != V(ninf));
-          e.store(w);
-          sum = sum + e;
-          if (ki >= 0) taps[n++] = {w, strip_col(p.v_s, ri.bh * g.H + ki, D, g, j0 + (b - r) * g.d),
-                                    nullptr};
-        }
+        if (ki < 0) continue;
+        for (int64_t b = 0; b < k; ++b)
+          taps[n++] = {lg0.data() + (a * k + b) * L, value(ri, ki, b, j0), nullptr};
       }
-      const V inv = V(T(1)) / sum;
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
-        gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc);
-        store_out<T>(acc, nc, inv, nv, out_row, j0, c0, sw, sc, tmp.data());
+        gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc0);
+        store_out<T>(acc0, nc, inv, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
-      if (attn_row)  // the probabilities, for the backward pass ('mask' only)
-        for (int64_t t = 0; t < kk; ++t)
-          (V::loadu(lg.data() + t * L) * inv).store(attn_row + t * g.Wp + j0, nv);
+      if (attn_row) store_probabilities<T>(g, lg0.data(), inv, j0, attn_row);
     }
-    if (attn_row) zero_padding<T>(g, attn_row, kk);
-    if (!g.clamp) continue;
-    for (int64_t j = 0; j < g.W; ++j) {  // clamped border columns, per query
-      if (!g.border_col(j)) continue;
-      query_logits<T>(g, p, ri, j, one.data());
-      if (p.bias)
-        for (int64_t t = 0; t < kk; ++t) one[t] += p.bias[(row * g.W + j) * kk + t];
-      T mx = ninf, l = 0;
-      for (int64_t t = 0; t < kk; ++t) mx = std::max(mx, one[t]);
-      for (int64_t t = 0; t < kk; ++t) l += (one[t] = one[t] == ninf ? T(0) : std::exp(one[t] - mx));
-      query_aggregate<T>(g, ri, j, one.data(), p.v_s, T(1) / l, out_row + j * sw, sc, nullptr);
+    finish_row(ri, out_row, attn_row);
+  };
+  auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    T* out0 = out_row_of<T>(g, p, ri0.row);
+    T* out1 = out_row_of<T>(g, p, ri1.row);
+    T *attn0 = attn_row_of(ri0.row), *attn1 = attn_row_of(ri1.row);
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      const int64_t nv = std::min<int64_t>(L, g.W - j0);
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data());
+      const V inv0 = softmax_vector<T>(g, p, ri0, j0, lg0.data());
+      const V inv1 = softmax_vector<T>(g, p, ri1, j0, lg1.data());
+      // taps in the order of one_row for each row: row 0's window row 0 alone, the shared key
+      // rows (row 0's a = 1..k-1, row 1's a - 1), row 1's window row k-1 alone
+      int64_t n0 = 0, n2 = 0, n1 = 0;
+      const int64_t kf = tap_coord(ri0.wi, 0, g.d), kl = tap_coord(ri1.wi, k - 1, g.d);
+      for (int64_t b = 0; b < k; ++b) {
+        if (kf >= 0) taps0[n0++] = {lg0.data() + b * L, value(ri0, kf, b, j0), nullptr};
+        if (kl >= 0)
+          taps1[n1++] = {lg1.data() + ((k - 1) * k + b) * L, value(ri1, kl, b, j0), nullptr};
+      }
+      for (int64_t a = 1; a < k; ++a) {
+        const int64_t ki = tap_coord(ri0.wi, a, g.d);
+        if (ki < 0) continue;
+        for (int64_t b = 0; b < k; ++b)
+          taps2[n2++] = {lg0.data() + (a * k + b) * L, lg1.data() + ((a - 1) * k + b) * L,
+                         value(ri0, ki, b, j0)};
+      }
+      for (int64_t c0 = 0; c0 < D; c0 += NB) {
+        const int nc = static_cast<int>(std::min<int64_t>(NB, D - c0));
+        for (int64_t c = 0; c < nc; ++c) acc0[c] = acc1[c] = V(T(0));
+        gather<T, false, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
+        gather2<T>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
+        gather<T, false, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
+        store_out<T>(acc0, nc, inv0, nv, out0, j0, c0, sw, sc, tmp.data());
+        store_out<T>(acc1, nc, inv1, nv, out1, j0, c0, sw, sc, tmp.data());
+      }
+      if (attn0) store_probabilities<T>(g, lg0.data(), inv0, j0, attn0);
+      if (attn1) store_probabilities<T>(g, lg1.data(), inv1, j0, attn1);
     }
-  }
+    finish_row(ri0, out0, attn0);
+    finish_row(ri1, out1, attn1);
+  };
+  for_row_pairs(g, r0, r1, one_row, two_rows);
 }
 
 template <typename T>
@@ -331,21 +615,37 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg(kk * L), one(kk);
-  for (int64_t row = r0; row < r1; ++row) {
-    const RowInfo ri = row_info(g, row);
-    T* out = p.out + row * kk * g.Wp + g.P;  // strip layout (kk, Wp)
-    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits<T>(g, p, ri, j0, lg.data());
-      for (int64_t t = 0; t < kk; ++t) V::loadu(lg.data() + t * L).store(out + t * g.Wp + j0);
-    }
-    if (!g.clamp) continue;
+  Scratch<T> lg0(kk * L), lg1(kk * L), one(kk);
+  auto store = [&](int64_t row, int64_t j0, const T* lg) {  // strip layout (kk, Wp)
+    T* out = p.out + row * kk * g.Wp + g.P + j0;
+    for (int64_t t = 0; t < kk; ++t) V::loadu(lg + t * L).store(out + t * g.Wp);
+  };
+  auto border = [&](const RowInfo& ri) {
+    if (!g.clamp) return;
+    T* out = p.out + ri.row * kk * g.Wp + g.P;
     for (int64_t j = 0; j < g.W; ++j) {
       if (!g.border_col(j)) continue;
       query_logits<T>(g, p, ri, j, one.data());
       for (int64_t t = 0; t < kk; ++t) out[t * g.Wp + j] = one[t];
     }
-  }
+  };
+  auto one_row = [&](const RowInfo& ri) {
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      strip_logits<T>(g, p, ri, j0, lg0.data());
+      store(ri.row, j0, lg0.data());
+    }
+    border(ri);
+  };
+  auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data());
+      store(ri0.row, j0, lg0.data());
+      store(ri1.row, j0, lg1.data());
+    }
+    border(ri0);
+    border(ri1);
+  };
+  for_row_pairs(g, r0, r1, one_row, two_rows);
 }
 
 template <typename T>
@@ -353,36 +653,23 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
                          int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
+  constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), R = g.R(), D = g.D;
   Scratch<T> tmp(kBlock * L);
-  Scratch<Tap<T>> taps(kk);
+  Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
+  Scratch<Tap2<T>> taps2(kk);
   const V vscale(p.scale);
-  V acc[kBlock];
-  for (int64_t row = r0; row < r1; ++row) {
-    const RowInfo ri = row_info(g, row);
-    T* out_row = out_row_of<T>(g, p, row);
-    const int64_t sw = p.os[3], sc = p.os[4];
-    const T* w_row = p.w_s + row * kk * g.Wp + g.P;
-    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      int64_t n = 0;
-      for (int64_t a = 0; a < k; ++a) {
-        const int64_t ki = tap_coord(ri.wi, a, g.d);
-        if (ki < 0) continue;
-        for (int64_t b = 0; b < k; ++b)
-          taps[n++] = {w_row + (a * k + b) * g.Wp + j0,
-                       strip_col(p.k_s, ri.bh * g.H + ki, D, g, j0 + (b - r) * g.d),
-                       p.rpe ? p.rpe + ((ri.h * k + a) * k + b) * D : nullptr};
-      }
-      for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
-        const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
-        if (p.rpe)
-          gather<T, true>(taps.data(), n, c0, g.Wp, nc, acc);
-        else
-          gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc);
-        store_out<T>(acc, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
-      }
-    }
+  V acc0[kBlock], acc1[kBlock];
+  const int64_t sw = p.os[3], sc = p.os[4];
+  auto w_row_of = [&](int64_t row) { return p.w_s + row * kk * g.Wp + g.P; };
+  auto tap = [&](const RowInfo& ri, int64_t a, int64_t ki, int64_t b, int64_t j0) {
+    return Tap<T>{w_row_of(ri.row) + (a * k + b) * g.Wp + j0,
+                  strip_col(p.k_s, ri.bh * g.H + ki, D, g, j0 + (b - r) * g.d),
+                  p.rpe ? p.rpe + ((ri.h * k + a) * k + b) * D : nullptr};
+  };
+  auto finish_row = [&](const RowInfo& ri, T* out_row) {
+    const int64_t row = ri.row;
+    const T* w_row = w_row_of(row);
     if (p.rpb_part) {  // sum of the (masked) weights of each slot over the row's queries
       T* part = p.rpb_part + row * R * R;
       for (int64_t a = 0; a < k; ++a) {
@@ -397,12 +684,73 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
         }
       }
     }
-    if (!g.clamp) continue;
+    if (!g.clamp) return;
     for (int64_t j = 0; j < g.W; ++j)  // clamped border columns (zeroed in w_s)
       if (g.border_col(j))
         query_aggregate<T>(g, ri, j, p.w + (row * g.W + j) * kk, p.k_s, p.scale,
                            out_row + j * sw, sc, p.rpb_part ? p.rpb_part + row * R * R : nullptr);
-  }
+  };
+  auto one_row = [&](const RowInfo& ri) {
+    T* out_row = out_row_of<T>(g, p, ri.row);
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      const int64_t nv = std::min<int64_t>(L, g.W - j0);
+      int64_t n = 0;
+      for (int64_t a = 0; a < k; ++a) {
+        const int64_t ki = tap_coord(ri.wi, a, g.d);
+        if (ki < 0) continue;
+        for (int64_t b = 0; b < k; ++b) taps[n++] = tap(ri, a, ki, b, j0);
+      }
+      for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
+        const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
+        if (p.rpe)
+          gather<T, true>(taps.data(), n, c0, g.Wp, nc, acc0);
+        else
+          gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc0);
+        store_out<T>(acc0, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
+      }
+    }
+    finish_row(ri, out_row);
+  };
+  auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    T* out0 = out_row_of<T>(g, p, ri0.row);
+    T* out1 = out_row_of<T>(g, p, ri1.row);
+    const int64_t kf = tap_coord(ri0.wi, 0, g.d), kl = tap_coord(ri1.wi, k - 1, g.d);
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      const int64_t nv = std::min<int64_t>(L, g.W - j0);
+      // the order of one_row for each row (see fused_rows_impl)
+      int64_t n0 = 0, n1 = 0, n2 = 0;
+      for (int64_t b = 0; b < k; ++b) {
+        if (kf >= 0) taps0[n0++] = tap(ri0, 0, kf, b, j0);
+        if (kl >= 0) taps1[n1++] = tap(ri1, k - 1, kl, b, j0);
+      }
+      for (int64_t a = 1; a < k; ++a) {
+        const int64_t ki = tap_coord(ri0.wi, a, g.d);
+        if (ki < 0) continue;
+        for (int64_t b = 0; b < k; ++b) {
+          const Tap<T> t0 = tap(ri0, a, ki, b, j0), t1 = tap(ri1, a - 1, ki, b, j0);
+          taps2[n2++] = {t0.w, t1.w, t0.m, t0.e, t1.e};
+        }
+      }
+      for (int64_t c0 = 0; c0 < D; c0 += NB) {
+        const int nc = static_cast<int>(std::min<int64_t>(NB, D - c0));
+        for (int64_t c = 0; c < nc; ++c) acc0[c] = acc1[c] = V(T(0));
+        if (p.rpe) {
+          gather<T, true, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
+          gather2<T, true>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
+          gather<T, true, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
+        } else {
+          gather<T, false, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
+          gather2<T, false>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
+          gather<T, false, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
+        }
+        store_out<T>(acc0, nc, vscale, nv, out0, j0, c0, sw, sc, tmp.data());
+        store_out<T>(acc1, nc, vscale, nv, out1, j0, c0, sw, sc, tmp.data());
+      }
+    }
+    finish_row(ri0, out0);
+    finish_row(ri1, out1);
+  };
+  for_row_pairs(g, r0, r1, one_row, two_rows);
 }
 
 // d_logits of the fused training pass: ds[t] = P[t] * (dP[t] - sum_t' P[t'] dP[t']), with
@@ -414,71 +762,97 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg(kk * L);
-  for (int64_t row = r0; row < r1; ++row) {
-    const RowInfo ri = row_info(g, row);
-    const T* pr = p.w_s + row * kk * g.Wp + g.P;
-    T* out = p.out + row * kk * g.Wp + g.P;
+  Scratch<T> lg0(kk * L), lg1(kk * L);
+  auto finish = [&](int64_t row, int64_t j0, const T* lg) {  // lg: dP of the vector at j0
+    const T* pr = p.w_s + row * kk * g.Wp + g.P + j0;
+    T* out = p.out + row * kk * g.Wp + g.P + j0;
+    V s(T(0));
+    for (int64_t t = 0; t < kk; ++t)
+      s = at::vec::fmadd(V::loadu(pr + t * g.Wp), V::loadu(lg + t * L), s);
+    for (int64_t t = 0; t < kk; ++t)
+      ((V::loadu(lg + t * L) - s) * V::loadu(pr + t * g.Wp)).store(out + t * g.Wp);
+  };
+  auto one_row = [&](const RowInfo& ri) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits<T>(g, p, ri, j0, lg.data());
-      V s(T(0));
-      for (int64_t t = 0; t < kk; ++t)
-        s = at::vec::fmadd(V::loadu(pr + t * g.Wp + j0), V::loadu(lg.data() + t * L), s);
-      for (int64_t t = 0; t < kk; ++t)
-        ((V::loadu(lg.data() + t * L) - s) * V::loadu(pr + t * g.Wp + j0))
-            .store(out + t * g.Wp + j0);
+      strip_logits<T>(g, p, ri, j0, lg0.data());
+      finish(ri.row, j0, lg0.data());
     }
-    zero_padding<T>(g, out, kk);
+    zero_padding<T>(g, p.out + ri.row * kk * g.Wp + g.P, kk);
+  };
+  auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data());
+      finish(ri0.row, j0, lg0.data());
+      finish(ri1.row, j0, lg1.data());
+    }
+    zero_padding<T>(g, p.out + ri0.row * kk * g.Wp + g.P, kk);
+    zero_padding<T>(g, p.out + ri1.row * kk * g.Wp + g.P, kk);
+  };
+  for_row_pairs(g, r0, r1, one_row, two_rows);
+}
+
+// The query rows (image rows, in ascending order) whose window holds key row pi of its plane,
+// with the window row at which each sees it.
+struct InverseRows {
+  explicit InverseRows(int64_t k) : rows(2 * k - 1), slots(2 * k - 1) {}  // 2k - 1: 'clamp'
+  int64_t n = 0;
+  Scratch<int64_t> rows, slots;
+};
+
+inline void inverse_rows_of(const StripGeometry& g, int64_t pi, InverseRows& out) {
+  const InverseRange rr = inverse_range(pi, g.H, g.k, g.d, g.clamp);
+  out.n = 0;
+  for (int64_t iq = rr.lo; iq <= rr.hi; ++iq) {
+    const int64_t a = inverse_tap(rr, iq, g.k, g.clamp);
+    if (a < 0) continue;
+    out.rows[out.n] = inverse_coord(rr, iq, g.d);
+    out.slots[out.n++] = a;
   }
+}
+
+// Key rows pi and pi + d share query rows when the list of pi + d starts inside that of pi and
+// the rest of pi's list is its prefix: returns the number of pi's leading rows before the shared
+// ones, or -1 when the rows do not pair that way.
+inline int64_t inverse_split(const InverseRows& l0, const InverseRows& l1) {
+  if (l1.n == 0) return -1;
+  int64_t p = 0;
+  while (p < l0.n && l0.rows[p] != l1.rows[0]) ++p;
+  if (p == l0.n || l0.n - p > l1.n) return -1;
+  for (int64_t x = p; x < l0.n; ++x)
+    if (l0.rows[x] != l1.rows[x - p]) return -1;
+  return p;
 }
 
 template <typename T>
 void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
+  constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
   // With border 'clamp' up to 2k-1 query rows share a key row (windows shifted at the border).
   Scratch<T> tmp(kBlock * L);
-  Scratch<Tap<T>> taps((2 * k - 1) * k);
-  Scratch<int64_t> qrows(2 * k - 1), qslots(2 * k - 1);
+  Scratch<Tap<T>> taps((2 * k - 1) * k), taps0((2 * k - 1) * k), taps1((2 * k - 1) * k);
+  Scratch<Tap2<T>> taps2((2 * k - 1) * k);
   const V vscale(p.scale);
-  V acc[kBlock];
-  for (int64_t row = r0; row < r1; ++row) {
-    const int64_t bh = row / g.H, pi = row % g.H;
-    // the query rows whose window holds key row pi, with their window row a
-    const InverseRange rr = inverse_range(pi, g.H, k, g.d, g.clamp);
-    int64_t nr = 0;
-    for (int64_t iq = rr.lo; iq <= rr.hi; ++iq) {
-      const int64_t a = inverse_tap(rr, iq, k, g.clamp);
-      if (a < 0) continue;
-      qrows[nr] = bh * g.H + inverse_coord(rr, iq, g.d);
-      qslots[nr++] = a;
-    }
-    T* out_row = out_row_of<T>(g, p, row);
-    const int64_t sw = p.os[3], sc = p.os[4];
-    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      int64_t n = 0;
-      for (int64_t x = 0; x < nr; ++x)
-        for (int64_t b = 0; b < k; ++b) {
-          const int64_t col = j0 - (b - r) * g.d;  // the query that sees key j0 at column b
-          taps[n++] = {p.w_s + (qrows[x] * kk + qslots[x] * k + b) * g.Wp + g.P + col,
-                       strip_col(p.src_s, qrows[x], D, g, col), nullptr};
-        }
-      for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
-        const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
-        gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc);
-        store_out<T>(acc, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
-      }
-    }
-    if (!g.clamp) continue;
+  V acc0[kBlock], acc1[kBlock];
+  const int64_t sw = p.os[3], sc = p.os[4];
+  // the tap of query row x of `qr` at window column b, for key columns j0..
+  auto tap = [&](const InverseRows& qr, int64_t bh, int64_t x, int64_t b, int64_t j0) {
+    const int64_t col = j0 - (b - r) * g.d;  // the query that sees key j0 at column b
+    const int64_t qrow = bh * g.H + qr.rows[x];
+    return Tap<T>{p.w_s + (qrow * kk + qr.slots[x] * k + b) * g.Wp + g.P + col,
+                  strip_col(p.src_s, qrow, D, g, col), nullptr};
+  };
+  auto border = [&](const RowInfo& ri, const InverseRows& qr, T* out_row) {
+    if (!g.clamp) return;
     // queries in clamped border columns (zeroed in w_s) scatter into this key row
-    for (int64_t x = 0; x < nr; ++x) {
+    for (int64_t x = 0; x < qr.n; ++x) {
+      const int64_t qrow = ri.bh * g.H + qr.rows[x];
       for (int64_t j = 0; j < g.W; ++j) {
         if (!g.border_col(j)) continue;
         const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
-        const T* w = p.w + (qrows[x] * g.W + j) * kk + qslots[x] * k;
-        const T* src = strip_col(p.src_s, qrows[x], D, g, j);
+        const T* w = p.w + (qrow * g.W + j) * kk + qr.slots[x] * k;
+        const T* src = strip_col(p.src_s, qrow, D, g, j);
         for (int64_t b = 0; b < k; ++b) {
           const int64_t kj = tap_coord(wj, b, g.d);
           if (kj < 0) continue;
@@ -488,7 +862,65 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
         }
       }
     }
-  }
+  };
+  InverseRows q0(k), q1(k);
+  auto one_row = [&](const RowInfo& ri) {
+    inverse_rows_of(g, ri.i, q0);
+    T* out_row = out_row_of<T>(g, p, ri.row);
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      const int64_t nv = std::min<int64_t>(L, g.W - j0);
+      int64_t n = 0;
+      for (int64_t x = 0; x < q0.n; ++x)
+        for (int64_t b = 0; b < k; ++b) taps[n++] = tap(q0, ri.bh, x, b, j0);
+      for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
+        const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
+        gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc0);
+        store_out<T>(acc0, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
+      }
+    }
+    border(ri, q0, out_row);
+  };
+  auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    inverse_rows_of(g, ri0.i, q0);
+    inverse_rows_of(g, ri1.i, q1);
+    const int64_t lead = inverse_split(q0, q1), shared = q0.n - lead;
+    T* out0 = out_row_of<T>(g, p, ri0.row);
+    T* out1 = out_row_of<T>(g, p, ri1.row);
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      const int64_t nv = std::min<int64_t>(L, g.W - j0);
+      // the order of one_row for each row: key row 0's leading query rows, the shared ones,
+      // key row 1's trailing ones
+      int64_t n0 = 0, n1 = 0, n2 = 0;
+      for (int64_t x = 0; x < lead; ++x)
+        for (int64_t b = 0; b < k; ++b) taps0[n0++] = tap(q0, ri0.bh, x, b, j0);
+      for (int64_t x = 0; x < shared; ++x)
+        for (int64_t b = 0; b < k; ++b) {
+          const Tap<T> t0 = tap(q0, ri0.bh, lead + x, b, j0), t1 = tap(q1, ri1.bh, x, b, j0);
+          taps2[n2++] = {t0.w, t1.w, t0.m};
+        }
+      for (int64_t x = shared; x < q1.n; ++x)
+        for (int64_t b = 0; b < k; ++b) taps1[n1++] = tap(q1, ri1.bh, x, b, j0);
+      for (int64_t c0 = 0; c0 < D; c0 += NB) {
+        const int nc = static_cast<int>(std::min<int64_t>(NB, D - c0));
+        for (int64_t c = 0; c < nc; ++c) acc0[c] = acc1[c] = V(T(0));
+        gather<T, false, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
+        gather2<T, false>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
+        gather<T, false, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
+        store_out<T>(acc0, nc, vscale, nv, out0, j0, c0, sw, sc, tmp.data());
+        store_out<T>(acc1, nc, vscale, nv, out1, j0, c0, sw, sc, tmp.data());
+      }
+    }
+    border(ri0, q0, out0);
+    border(ri1, q1, out1);
+  };
+  InverseRows l0(k), l1(k);
+  auto leads = [&](int64_t i) {
+    if ((i / g.d) % 2 != 0 || i + g.d >= g.H) return false;
+    inverse_rows_of(g, i, l0);
+    inverse_rows_of(g, i + g.d, l1);
+    return inverse_split(l0, l1) >= 0;
+  };
+  for_row_pairs(g, r0, r1, one_row, two_rows, leads);
 }
 
 }  // namespace

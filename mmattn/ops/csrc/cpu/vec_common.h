@@ -24,10 +24,42 @@ class Scratch {
   Scratch& operator=(const Scratch&) = delete;
   U* data() { return p_; }
   U& operator[](int64_t i) { return p_[i]; }
+  const U& operator[](int64_t i) const { return p_[i]; }
 
  private:
   U* p_;
 };
+
+// v, made to live in a register: a vector that feeds several FMAs is loaded once, instead of
+// being folded into each FMA as a memory operand (one load per FMA), which GCC prefers.
+#if defined(__GNUC__) && defined(CPU_CAPABILITY_AVX512)
+inline Vectorized<float> in_register(Vectorized<float> v) {
+  __m512 r = v;
+  asm("" : "+v"(r));
+  return r;
+}
+inline Vectorized<double> in_register(Vectorized<double> v) {
+  __m512d r = v;
+  asm("" : "+v"(r));
+  return r;
+}
+#elif defined(__GNUC__) && defined(CPU_CAPABILITY_AVX2)
+inline Vectorized<float> in_register(Vectorized<float> v) {
+  __m256 r = v;
+  asm("" : "+x"(r));
+  return r;
+}
+inline Vectorized<double> in_register(Vectorized<double> v) {
+  __m256d r = v;
+  asm("" : "+x"(r));
+  return r;
+}
+#else
+template <typename T>
+inline Vectorized<T> in_register(const Vectorized<T>& v) {
+  return v;
+}
+#endif
 
 // Sum of a vector's lanes, in lane order.
 template <typename T>
