@@ -1,4 +1,5 @@
-// Per-element arithmetic of the attention kernels, shared by CPU and CUDA.
+// Per-element arithmetic of the CUDA attention kernels (the CPU kernels are written with
+// at::vec::Vectorized in cpu/*_vec.h, with the same operations per element).
 #pragma once
 #include <cmath>
 #include <cstdint>

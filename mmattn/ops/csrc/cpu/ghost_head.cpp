@@ -18,6 +18,7 @@
 #include "../ops.h"
 #include "cpu_utils.h"
 #include "ghost_kernels.h"
+#include "na2d_kernels.h"
 
 namespace mmattn {
 namespace cpu {
@@ -31,14 +32,14 @@ struct GhostKernels {
 
 template <typename T>
 GhostKernels<T> ghost_kernels() {
-  const std::string isa = na2d_cpu_kernels();
+  const CpuBuild build = cpu_build();
 #if defined(MMATTN_HAVE_AVX512)
-  if (isa == "AVX512")
+  if (build == CpuBuild::AVX512)
     return {&AVX512::ghost_forward_rows, &AVX512::ghost_backward_x_rows,
             &AVX512::ghost_backward_attn_rows};
 #endif
 #if defined(MMATTN_HAVE_AVX2)
-  if (isa == "AVX2")
+  if (build == CpuBuild::AVX2)
     return {&AVX2::ghost_forward_rows, &AVX2::ghost_backward_x_rows,
             &AVX2::ghost_backward_attn_rows};
 #endif

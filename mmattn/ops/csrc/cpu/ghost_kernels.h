@@ -1,6 +1,6 @@
 // Interface between the ghost_head_aggregate CPU entry points (ghost_head.cpp) and their
 // vectorised row kernels (ghost_vec.h), compiled once per CPU capability like na2d's
-// (na2d_kernels.h) and picked with the same run-time choice (na2d_cpu_kernels()).
+// (na2d_kernels.h) and picked with the same run-time choice (cpu_build()).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -53,8 +53,6 @@ namespace AVX2 { MMATTN_GHOST_KERNEL_DECLS_ALL }
 #ifdef MMATTN_HAVE_AVX512
 namespace AVX512 { MMATTN_GHOST_KERNEL_DECLS_ALL }
 #endif
-
-const char* na2d_cpu_kernels();  // na2d.cpp
 
 }  // namespace cpu
 }  // namespace mmattn

@@ -30,18 +30,26 @@ namespace cpu {
 
 // The kernel build that runs: ATen's CPU capability (ATEN_CPU_CAPABILITY can lower it), read
 // once, mapped onto the builds this extension has.
-const char* na2d_cpu_kernels() {
-  static const char* const isa = [] {
+CpuBuild cpu_build() {
+  static const CpuBuild build = [] {
     const std::string cap = at::get_cpu_capability();
 #if defined(MMATTN_HAVE_AVX512)
-    if (cap == "AVX512") return "AVX512";
+    if (cap == "AVX512") return CpuBuild::AVX512;
 #endif
 #if defined(MMATTN_HAVE_AVX2)
-    if (cap == "AVX2" || cap == "AVX512") return "AVX2";
+    if (cap == "AVX2" || cap == "AVX512") return CpuBuild::AVX2;
 #endif
-    return "DEFAULT";
+    return CpuBuild::DEFAULT;
   }();
-  return isa;
+  return build;
+}
+
+const char* na2d_cpu_kernels() {
+  switch (cpu_build()) {
+    case CpuBuild::AVX512: return "AVX512";
+    case CpuBuild::AVX2: return "AVX2";
+    default: return "DEFAULT";
+  }
 }
 
 namespace {
@@ -55,14 +63,14 @@ struct Kernels {
 
 template <typename T>
 Kernels<T> kernels() {
-  const std::string isa = na2d_cpu_kernels();  // NOLINT: one comparison per op call
+  const CpuBuild build = cpu_build();
 #if defined(MMATTN_HAVE_AVX512)
-  if (isa == "AVX512")
+  if (build == CpuBuild::AVX512)
     return {&AVX512::fused_rows, &AVX512::logits_rows, &AVX512::aggregate_rows,
             &AVX512::inverse_rows, &AVX512::softmax_grad_rows};
 #endif
 #if defined(MMATTN_HAVE_AVX2)
-  if (isa == "AVX2")
+  if (build == CpuBuild::AVX2)
     return {&AVX2::fused_rows, &AVX2::logits_rows, &AVX2::aggregate_rows, &AVX2::inverse_rows,
             &AVX2::softmax_grad_rows};
 #endif

@@ -16,6 +16,10 @@
 namespace mmattn {
 namespace cpu {
 
+// The kernel build in use (na2d.cpp: ATen's CPU capability, read once).
+enum class CpuBuild : int { DEFAULT, AVX2, AVX512 };
+CpuBuild cpu_build();
+
 struct StripGeometry {
   int64_t B, heads, H, W, D, k, d;
   bool clamp;
