@@ -123,11 +123,14 @@ def _register() -> None:
     def fused_train_setup(ctx, inputs, output):
         q, k, v, rpb, rpe, kernel_size, dilation, scale = inputs
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero (B, heads, H, k*k, Wp) gradient for attn_s
         ctx.save_for_backward(q, k, v, rpe, output[1])
         ctx.args = (kernel_size, dilation, scale)
         ctx.with_rpb = rpb is not None
 
     def fused_train_backward(ctx, grad, _grad_attn_s):
+        if grad is None:  # the output did not reach the loss
+            return (None, ) * 8
         q, k, v, rpe, attn_s = ctx.saved_tensors
         with_rpb = ctx.with_rpb and ctx.needs_input_grad[3]
         dq, dk, dv, drpb, drpe = torch.ops.mmattn.na2d_fused_train_backward(
