@@ -28,7 +28,7 @@ import os.path as osp
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -56,21 +56,33 @@ class Case:
 
 
 def na2d_case(B: int, heads: int, H: int, W: int, D: int, k: int, border: str = 'mask',
-              with_rpb: bool = True) -> Case:
+              with_rpb: bool = True, sasa: bool = False) -> Case:
+    """``sasa``: SASA's call, rpe and scale 1 on W-contiguous ``(B, heads, H, W, D)`` views of
+    a ``(B, 3 * heads * D, H, W)`` convolution output, instead of contiguous inputs."""
     def make(device, dtype):
         g = torch.Generator().manual_seed(0)
+        if sasa:
+            x = torch.randn(B, 3 * heads * D, H, W, generator=g, dtype=dtype).to(device)
+            t = {n: part.view(B, heads, D, H, W).permute(0, 1, 3, 4, 2)
+                 for n, part in zip(('q', 'k', 'v'), x.split(heads * D, dim=1))}
+            t['rpe'] = (0.1 * torch.randn(heads, k, k, D, generator=g, dtype=dtype)).to(device)
+            return t
         t = {n: torch.randn(B, heads, H, W, D, generator=g, dtype=dtype).to(device)
              for n in ('q', 'k', 'v')}
         if with_rpb:
             t['rpb'] = torch.randn(heads, 2 * k - 1, 2 * k - 1, generator=g, dtype=dtype).to(device)
         return t
 
+    extras = ' rpe views' if sasa else (' rpb' if with_rpb else '')
+    scale = 1.0 if sasa else None
     return Case(
-        name=f'na2d B={B} heads={heads} {H}x{W} D={D} k={k} {border}{" rpb" if with_rpb else ""}',
+        name=f'na2d B={B} heads={heads} {H}x{W} D={D} k={k} {border}{extras}',
         make=make,
-        flops=2 * 2 * B * heads * H * W * k * k * D,  # q.k and attn.v
-        run=lambda t: na2d(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb')),
-        ref=lambda t: na2d_reference(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb')))
+        flops=2 * 2 * B * heads * H * W * k * k * D,  # q.k and attn.v (rpe not counted)
+        run=lambda t: na2d(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb'),
+                           rpe=t.get('rpe'), scale=scale),
+        ref=lambda t: na2d_reference(t['q'], t['k'], t['v'], k, border=border, rpb=t.get('rpb'),
+                                     rpe=t.get('rpe'), scale=scale))
 
 
 def ghost_case(B: int, C: int, G: int, H: int, W: int, k: int) -> Case:
@@ -95,6 +107,8 @@ CASES = {
     'na2d-clamp': na2d_case(2, 4, 56, 56, 32, 7, border='clamp'),
     # the shape of SASA-ResNet-50's first stage at 224x224: 8 heads of 8 channels (D < one vector)
     'na2d-sasa': na2d_case(1, 8, 56, 56, 8, 7, with_rpb=False),
+    # the same as SASA calls it: rpe, scale 1, views of the q/k/v convolution output
+    'na2d-sasa-views': na2d_case(1, 8, 56, 56, 8, 7, sasa=True),
     'ghost': ghost_case(2, 96, 3, 56, 56, 7),
 }
 
@@ -160,12 +174,12 @@ def gemm(device: torch.device, n: int = 1024) -> Callable[[], None]:
 
 
 def bench_cases(keys: List[str], device: torch.device, dtype: torch.dtype, warmup: int,
-                repeats: int):
+                repeats: int, impls: Tuple[str, ...] = ('compiled', 'reference')):
     """Rows of every case and implementation, and the GEMM rate (GFLOP/s); all timings of
     the run interleaved with each other."""
     fns = {'gemm': synced(gemm(device), device)}
     for key in keys:
-        for impl in ('compiled', 'reference'):
+        for impl in impls:
             forward, train = workloads(CASES[key], impl, device, dtype)
             fns[f'{key}/{impl}/forward'] = synced(forward, device)
             fns[f'{key}/{impl}/train'] = synced(train, device)
@@ -174,7 +188,7 @@ def bench_cases(keys: List[str], device: torch.device, dtype: torch.dtype, warmu
     rows = {}
     for key in keys:
         case = CASES[key]
-        for impl in ('compiled', 'reference'):
+        for impl in impls:
             fwd_s, train_s = med[f'{key}/{impl}/forward'], med[f'{key}/{impl}/train']
             fwd_mib, train_mib = probe_memory(key, impl, device, dtype)
             rows[key, impl] = Row(case.name, impl, fwd_s * 1e3, fwd_mib, train_s * 1e3,
@@ -193,6 +207,9 @@ def main(argv=None) -> None:
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--compiled-only', action='store_true',
+                        help='time the compiled ops (and the GEMM) without the references, '
+                        'whose large allocations and cache traffic slow the compiled side')
     parser.add_argument('--memory-probe', nargs=2, metavar=('CASE', 'IMPL'),
                         help=argparse.SUPPRESS)  # internal: the CPU memory child process
     args = parser.parse_args(argv)
@@ -208,7 +225,8 @@ def main(argv=None) -> None:
 
     print(f'device={device} dtype={args.dtype} threads={torch.get_num_threads()} '
           f'median of {args.repeats} (warm-up {args.warmup}), repeats interleaved')
-    table, gemm_gflops = bench_cases(args.cases, device, dtype, args.warmup, args.repeats)
+    impls = ('compiled', ) if args.compiled_only else ('compiled', 'reference')
+    table, gemm_gflops = bench_cases(args.cases, device, dtype, args.warmup, args.repeats, impls)
     header = (f'{"case":58s} {"impl":9s} {"fwd ms":>9s} {"fwd MiB":>9s} {"f+b ms":>9s} '
               f'{"f+b MiB":>9s} {"fwd GF/s":>9s} {"f+b GF/s":>9s}')
     print(header)
@@ -216,13 +234,18 @@ def main(argv=None) -> None:
     rows: List[Row] = []
     summary = []
     for key in args.cases:
-        pair = {impl: table[key, impl] for impl in ('compiled', 'reference')}
+        pair = {impl: table[key, impl] for impl in impls}
         for row in pair.values():
             rows.append(row)
             print(f'{row.case:58s} {row.impl:9s} {row.forward_ms:9.2f} {row.forward_mib:9.1f} '
                   f'{row.train_ms:9.2f} {row.train_mib:9.1f} {row.forward_gflops:9.1f} '
                   f'{row.train_gflops:9.1f}')
-        c, r = pair['compiled'], pair['reference']
+        c = pair['compiled']
+        if args.compiled_only:
+            summary.append(dict(case=c.case, forward_roofline=c.forward_gflops / gemm_gflops,
+                                train_roofline=c.train_gflops / gemm_gflops))
+            continue
+        r = pair['reference']
         summary.append(dict(case=c.case, forward_speedup=r.forward_ms / c.forward_ms,
                             train_speedup=r.train_ms / c.train_ms,
                             train_memory_ratio=c.train_mib / max(r.train_mib, 1e-9),
@@ -233,6 +256,10 @@ def main(argv=None) -> None:
     print('ratios (reference / compiled for time, compiled / reference for memory; roofline: '
           'compiled GFLOP/s / GEMM rate):')
     for s in summary:
+        if args.compiled_only:
+            print(f'  {s["case"]}: roofline forward {100 * s["forward_roofline"]:.1f}%, '
+                  f'forward+backward {100 * s["train_roofline"]:.1f}%')
+            continue
         print(f'  {s["case"]}: forward {s["forward_speedup"]:.2f}x faster, '
               f'forward+backward {s["train_speedup"]:.2f}x faster, '
               f'forward+backward peak memory {s["train_memory_ratio"]:.3f} of the reference; '
