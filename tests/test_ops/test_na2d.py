@@ -551,21 +551,24 @@ def test_non_contiguous_inputs(border, extras, training):
             assert torch.equal(a, b)
 
 
+def _fused_and_training_results(shape, extras, dilation, border, seed):
+    """The fused output, the training output and every gradient, float32, on fixed inputs."""
+    B, heads, H, W, D = shape
+    grad_out = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    t = make_inputs(B, heads, H, W, D, 3, extras, dtype=torch.float32, seed=seed + 1,
+                    requires_grad=True)
+    with torch.no_grad():
+        fused = call(na2d, t, 3, dilation, border)
+    out, grads = forward_backward(na2d, t, 3, dilation, border, grad_out)
+    return [fused, out] + [grads[n] for n in sorted(grads)]
+
+
 @pytest.mark.parametrize('border', ['mask', 'clamp'])
 def test_cpu_determinism(border, num_threads):
     num_threads(4)  # several threads, also on a 2-core machine
     extras = 'rpb+rpe+bias' if border == 'mask' else 'rpb+bias'
-    grad_out = torch.randn(2, 2, 16, 15, 8, generator=torch.Generator().manual_seed(14))
-
-    def run():
-        t = make_inputs(2, 2, 16, 15, 8, 3, extras, dtype=torch.float32, seed=15,
-                        requires_grad=True)
-        with torch.no_grad():
-            fused = call(na2d, t, 3, 2, border)
-        out, grads = forward_backward(na2d, t, 3, 2, border, grad_out)
-        return [fused, out] + [grads[n] for n in sorted(grads)]
-
-    first, second = run(), run()
+    first, second = (_fused_and_training_results((2, 2, 16, 15, 8), extras, 2, border, 14)
+                     for _ in range(2))
     assert len(first) == 2 + len(extras.split('+')) + 3
     for a, b in zip(first, second):
         assert torch.equal(a, b)
@@ -576,18 +579,10 @@ def test_cpu_results_do_not_depend_on_thread_count(border, extras, num_threads):
     # The CPU kernels process pairs of rows that share key rows, and the rows left single at the
     # edges of each thread's range one at a time: both must give the same bits. 'mask' without
     # bias runs the fused training op, 'clamp' the three-op path.
-    grad_out = torch.randn(2, 2, 13, 15, 6, generator=torch.Generator().manual_seed(16))
-
-    def run(threads):
+    results = []
+    for threads in (1, 3, 5):
         num_threads(threads)
-        t = make_inputs(2, 2, 13, 15, 6, 3, extras, dtype=torch.float32, seed=17,
-                        requires_grad=True)
-        with torch.no_grad():
-            fused = call(na2d, t, 3, 1, border)
-        out, grads = forward_backward(na2d, t, 3, 1, border, grad_out)
-        return [fused, out] + [grads[n] for n in sorted(grads)]
-
-    results = [run(n) for n in (1, 3, 5)]
+        results.append(_fused_and_training_results((2, 2, 13, 15, 6), extras, 1, border, 16))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)

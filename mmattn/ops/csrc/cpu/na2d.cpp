@@ -201,6 +201,36 @@ const T* ptr(const OptTensor& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
+// d_q = scale * d_logits (k + rpe), with the d_rpb partials when rpb_part is defined, and
+// d_k = scale * d_logits^T q, from d_logits in the strip layout (w_s, invalid slots zero; w: the
+// op layout for the 'clamp' fix-ups, or null).
+template <typename T>
+void logits_backward(const Kernels<T>& kn, const StripGeometry& g, const T* w_s, const T* w,
+                     const Tensor& q_s, const Tensor& k_s, const OptTensor& rpe, const Tensor& dq,
+                     const Tensor& dk, const Tensor& rpb_part, double scale) {
+  Na2dBuffers<T> pq;
+  pq.w_s = w_s, pq.w = w, pq.k_s = k_s.data_ptr<T>(), pq.rpe = ptr<T>(rpe);
+  set_out(pq, dq);
+  pq.rpb_part = rpb_part.defined() ? rpb_part.data_ptr<T>() : nullptr;
+  pq.scale = static_cast<T>(scale);
+  run_rows<T>(kn.aggregate, g, pq);
+  Na2dBuffers<T> pk;
+  pk.w_s = w_s, pk.w = w, pk.src_s = q_s.data_ptr<T>();
+  set_out(pk, dk);
+  pk.scale = pq.scale;
+  run_rows<T>(kn.inverse, g, pk);
+}
+
+// The d_rpb and d_rpe outputs in the dtype of `like` (empty when not asked for).
+std::tuple<Tensor, Tensor> extras_grads(const Tensor& rpb_part, const OptTensor& rpe,
+                                        const Tensor& ds_s, const Tensor& q_s,
+                                        const StripGeometry& g, double scale, const Tensor& like) {
+  const auto dtype = like.scalar_type();
+  Tensor drpb = rpb_part.defined() ? rpb_part.sum({0, 2}).to(dtype) : none_like(like);
+  Tensor drpe = rpe.has_value() ? rpe_grad(ds_s, q_s, g, scale).to(dtype) : none_like(like);
+  return {drpb, drpe};
+}
+
 }  // namespace
 
 Tensor na2d_qk_cpu(const Tensor& q_in, const Tensor& k_in, const OptTensor& rpb_in,
@@ -239,23 +269,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_qk_backward_cpu(
   Tensor rpb_part = with_rpb ? at::zeros({g.B, g.heads, g.H, g.R(), g.R()}, opts) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_backward_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
-    const Kernels<scalar_t> kn = kernels<scalar_t>();
-    Na2dBuffers<scalar_t> p;
-    p.w_s = w_s.data_ptr<scalar_t>(), p.w = ptr<scalar_t>(grad);
-    p.k_s = k_s.data_ptr<scalar_t>(), p.rpe = ptr<scalar_t>(rpe);
-    set_out(p, dq);
-    p.rpb_part = with_rpb ? rpb_part.data_ptr<scalar_t>() : nullptr;
-    p.scale = static_cast<scalar_t>(scale);
-    run_rows<scalar_t>(kn.aggregate, g, p);
-    Na2dBuffers<scalar_t> pk;
-    pk.w_s = p.w_s, pk.w = p.w, pk.src_s = q_s.data_ptr<scalar_t>();
-    set_out(pk, dk);
-    pk.scale = p.scale;
-    run_rows<scalar_t>(kn.inverse, g, pk);
+    logits_backward<scalar_t>(kernels<scalar_t>(), g, w_s.data_ptr<scalar_t>(),
+                              ptr<scalar_t>(grad), q_s, k_s, rpe, dq, dk, rpb_part, scale);
   });
   const auto dtype = q_in.scalar_type();
-  Tensor drpb = with_rpb ? rpb_part.sum({0, 2}).to(dtype) : none_like(q_in);
-  Tensor drpe = rpe.has_value() ? rpe_grad(w_s, q_s, g, scale).to(dtype) : none_like(q_in);
+  const auto [drpb, drpe] = extras_grads(rpb_part, rpe, w_s, q_s, g, scale, q_in);
   return {dq.to(dtype), dk.to(dtype), drpb, drpe};
 }
 
@@ -393,22 +411,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu
     pv.w_s = attn_s, pv.src_s = g_s.data_ptr<scalar_t>();
     set_out(pv, dv);
     run_rows<scalar_t>(kn.inverse, g, pv);
-    Na2dBuffers<scalar_t> pq;  // d_q and the d_rpb partials
-    pq.w_s = ds_s.data_ptr<scalar_t>(), pq.k_s = k_s.data_ptr<scalar_t>();
-    pq.rpe = ptr<scalar_t>(rpe);
-    set_out(pq, dq);
-    pq.rpb_part = with_rpb ? rpb_part.data_ptr<scalar_t>() : nullptr;
-    pq.scale = static_cast<scalar_t>(scale);
-    run_rows<scalar_t>(kn.aggregate, g, pq);
-    Na2dBuffers<scalar_t> pk;  // d_k
-    pk.w_s = pq.w_s, pk.src_s = q_s.data_ptr<scalar_t>();
-    set_out(pk, dk);
-    pk.scale = pq.scale;
-    run_rows<scalar_t>(kn.inverse, g, pk);
+    logits_backward<scalar_t>(kn, g, ds_s.data_ptr<scalar_t>(), nullptr, q_s, k_s, rpe, dq, dk,
+                              rpb_part, scale);  // d_q, d_rpb partials, d_k
   });
   const auto dtype = q_in.scalar_type();
-  Tensor drpb = with_rpb ? rpb_part.sum({0, 2}).to(dtype) : none_like(q_in);
-  Tensor drpe = rpe.has_value() ? rpe_grad(ds_s, q_s, g, scale).to(dtype) : none_like(q_in);
+  const auto [drpb, drpe] = extras_grads(rpb_part, rpe, ds_s, q_s, g, scale, q_in);
   return {dq.to(dtype), dk.to(dtype), dv.to(dtype), drpb, drpe};
 }
 
