@@ -29,20 +29,22 @@ def na2d_av_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return prod(_shape(inputs[0])) * _shape(inputs[1])[-1]
 
 
-def na2d_fused_flops(inputs: List[Any], outputs: List[Any]) -> int:
-    """Logits (with ``rpe``) and aggregation of the fused inference kernel."""
+def _fused_products(inputs: List[Any], kernel_size_index: int) -> int:
+    """Logits (with ``rpe``, input 4) and aggregation of a fused kernel (q is input 0)."""
     B, heads, H, W, D = _shape(inputs[0])
-    kernel_size = inputs[6].toIValue()
+    kernel_size = inputs[kernel_size_index].toIValue()
     slots = B * heads * H * W * kernel_size * kernel_size
     return slots * D * (2 if _is_none(inputs[4]) else 3)
+
+
+def na2d_fused_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Logits (with ``rpe``) and aggregation of the fused inference kernel."""
+    return _fused_products(inputs, 6)
 
 
 def na2d_fused_train_flops(inputs: List[Any], outputs: List[Any]) -> int:
     """The fused training forward: the same products as the inference kernel."""
-    B, heads, H, W, D = _shape(inputs[0])
-    kernel_size = inputs[5].toIValue()
-    slots = B * heads * H * W * kernel_size * kernel_size
-    return slots * D * (2 if _is_none(inputs[4]) else 3)
+    return _fused_products(inputs, 5)
 
 
 def ghost_head_aggregate_flops(inputs: List[Any], outputs: List[Any]) -> int:

@@ -83,16 +83,20 @@ def _register() -> None:
     contiguous (``new_empty``)."""
     lib = torch.library
 
+    def extras_grads_fake(q, rpe, kernel_size, with_rpb):  # d_rpb, d_rpe (empty when not asked)
+        r = 2 * kernel_size - 1
+        drpb = q.new_empty((q.shape[1], r, r)) if with_rpb else q.new_empty(0)
+        drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty(0)
+        return drpb, drpe
+
     @lib.register_fake('mmattn::na2d_qk')
     def _qk_fake(q, k, rpb, rpe, kernel_size, dilation, clamp, scale):
         return q.new_empty((*q.shape[:4], kernel_size * kernel_size))
 
     @lib.register_fake('mmattn::na2d_qk_backward')
     def _qk_backward_fake(grad, q, k, rpe, kernel_size, dilation, clamp, scale, with_rpb):
-        r = 2 * kernel_size - 1
-        drpb = q.new_empty((q.shape[1], r, r)) if with_rpb else q.new_empty(0)
-        drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty(0)
-        return torch.empty_like(q), torch.empty_like(k), drpb, drpe
+        return (torch.empty_like(q), torch.empty_like(k),
+                *extras_grads_fake(q, rpe, kernel_size, with_rpb))
 
     @lib.register_fake('mmattn::na2d_av')
     def _av_fake(attn, v, kernel_size, dilation, clamp):
@@ -115,10 +119,8 @@ def _register() -> None:
     @lib.register_fake('mmattn::na2d_fused_train_backward')
     def _fused_train_backward_fake(grad, q, k, v, attn_s, rpe, kernel_size, dilation, scale,
                                    with_rpb):
-        r = 2 * kernel_size - 1
-        drpb = q.new_empty((q.shape[1], r, r)) if with_rpb else q.new_empty(0)
-        drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty(0)
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drpb, drpe
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+                *extras_grads_fake(q, rpe, kernel_size, with_rpb))
 
     def fused_train_setup(ctx, inputs, output):
         q, k, v, rpb, rpe, kernel_size, dilation, scale = inputs
@@ -129,7 +131,7 @@ def _register() -> None:
         ctx.with_rpb = rpb is not None
 
     def fused_train_backward(ctx, grad, _grad_attn_s):
-        if grad is None:  # the output did not reach the loss
+        if grad is None:  # an undefined output gradient (gradcheck checks this case)
             return (None, ) * 8
         q, k, v, rpe, attn_s = ctx.saved_tensors
         with_rpb = ctx.with_rpb and ctx.needs_input_grad[3]
