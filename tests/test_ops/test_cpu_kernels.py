@@ -89,7 +89,10 @@ for border, dilation in (('mask', 1), ('mask', 2), ('clamp', 1), ('clamp', 2)):
         errors[f'na2d output layout {border} d{dilation} {H}x{W} D={D}'] = [
             0.0 if layout else 1.0, 0.0]
 
-for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20, 33, 7, 1)):
+# heads of 3, 1, 5 (4 + 1) and 8 channels; widths with and without a partial last vector, with
+# several row chunks (70 and 33 columns); maps of fewer rows than a band (8) and than the window
+for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20, 33, 7, 1),
+                            (10, 2, 11, 70, 5, 2), (8, 1, 5, 32, 7, 1)):
     v = rnd(2, C, H, W)
     attn = rnd(2, G, ks * ks, H, W).softmax(2)
     mul, add = rnd(C, ks, ks), rnd(C, ks, ks)

@@ -246,6 +246,24 @@ def test_cpu_determinism(num_threads):
         assert torch.equal(a, b)
 
 
+def test_cpu_results_do_not_depend_on_thread_count(num_threads):
+    # Work items are bands of 8 output rows (forward, d_v, d_attn) and blocks of 4 channels (the
+    # ghost-tensor gradients); each output is summed by one item in a fixed order, however the
+    # items are split between threads. 20 rows: a short last band; 10 channels per head: a
+    # block of 2 after two of 4.
+    grad_out = torch.randn(2, 20, 20, 21, generator=torch.Generator().manual_seed(12))
+    results = []
+    for threads in (1, 3, 5):
+        num_threads(threads)
+        t = make_inputs(2, 20, 2, 20, 21, 5, 'mul+add', dtype=torch.float32, seed=13,
+                        requires_grad=True)
+        out, grads = forward_backward(ghost_head_aggregate, t, 5, 1, grad_out)
+        results.append([out] + [grads[n] for n in sorted(grads)])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 def test_bf16_runs_close_to_fp32():
     ks, dilation = 3, 1
     t = make_inputs(2, 8, 2, 9, 10, ks, 'mul+add', dtype=torch.bfloat16, seed=12,

@@ -3,9 +3,10 @@
 //   out[b,c,i,j] = sum_{u,v} x[b,c,i+(u-r)d,j+(v-r)d] * (attn[b,g,u*k+v,i,j] * M[c,u,v] + S[c,u,v])
 //
 // Layout: x, out (B, C, H, W); attn (B, G, k*k, H, W); M, S (C, k, k), broadcast over the batch.
-// The row kernels (ghost_vec.h) are vectorised along the contiguous W axis, built per CPU
-// capability and picked like na2d's. Each output row is written by one thread; the ghost-tensor
-// gradients are reduced per channel by one thread each, so results are deterministic.
+// The kernels (ghost_vec.h) are vectorised along the contiguous W axis, built per CPU capability
+// and picked like na2d's. Each output element is written by one thread; the ghost-tensor
+// gradients are reduced per (batch, channel) by one thread each and then over the batch in a
+// fixed order, so results are deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,7 +28,7 @@ namespace {
 template <typename T>
 struct GhostKernels {
   using Fn = void (*)(const GhostGeometry&, const GhostBuffers<T>&, int64_t, int64_t);
-  Fn forward, backward_x, backward_attn;
+  Fn forward, backward_x, backward_attn, backward_ghost;
 };
 
 template <typename T>
@@ -36,15 +37,15 @@ GhostKernels<T> ghost_kernels() {
 #if defined(MMATTN_HAVE_AVX512)
   if (build == CpuBuild::AVX512)
     return {&AVX512::ghost_forward_rows, &AVX512::ghost_backward_x_rows,
-            &AVX512::ghost_backward_attn_rows};
+            &AVX512::ghost_backward_attn_rows, &AVX512::ghost_backward_ghost_rows};
 #endif
 #if defined(MMATTN_HAVE_AVX2)
   if (build == CpuBuild::AVX2)
     return {&AVX2::ghost_forward_rows, &AVX2::ghost_backward_x_rows,
-            &AVX2::ghost_backward_attn_rows};
+            &AVX2::ghost_backward_attn_rows, &AVX2::ghost_backward_ghost_rows};
 #endif
   return {&DEFAULT::ghost_forward_rows, &DEFAULT::ghost_backward_x_rows,
-          &DEFAULT::ghost_backward_attn_rows};
+          &DEFAULT::ghost_backward_attn_rows, &DEFAULT::ghost_backward_ghost_rows};
 }
 
 template <typename T>
@@ -53,17 +54,14 @@ void run(typename GhostKernels<T>::Fn fn, int64_t n, const GhostGeometry& g,
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { fn(g, p, begin, end); });
 }
 
-// masks[v, i, j] = 1 where column j + (v - k/2)*d lies inside [0, W), else 0 (see ghost_vec.h).
-Tensor column_masks(const GhostGeometry& g, const at::TensorOptions& opts) {
-  const auto j = at::arange(g.W, opts.dtype(at::kLong));
-  const auto off = (at::arange(g.k, opts.dtype(at::kLong)) - g.r()) * g.d;
-  const auto col = j.unsqueeze(0) + off.unsqueeze(1);  // (k, W)
-  const auto valid = ((col >= 0) & (col < g.W)).to(opts.dtype());
-  return valid.unsqueeze(1).expand({g.k, g.H, g.W}).contiguous();
-}
-
 GhostGeometry ghost_geometry(const Tensor& v, const Tensor& attn, int64_t k, int64_t d) {
   return {v.size(0), v.size(1), attn.size(1), v.size(2), v.size(3), k, d};
+}
+
+// M and S as the kernels read them: (C, k*k), ones and zeros in place of a missing tensor.
+Tensor ghost_or(const OptTensor& t, const Tensor& v, int64_t kk, double fill) {
+  if (t.has_value() && t->defined()) return t->reshape({v.size(1), kk}).contiguous();
+  return at::full({v.size(1), kk}, fill, v.options());
 }
 
 }  // namespace
@@ -75,13 +73,13 @@ Tensor ghost_head_aggregate_cpu(const Tensor& v_in, const Tensor& attn_in, const
   const OptTensor mul = compute_dtype(mul_in), add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor out = at::empty_like(v);
-  const Tensor masks = column_masks(g, v.options());
+  const Tensor m = ghost_or(mul, v, g.kk(), 1.0), a = ghost_or(add, v, g.kk(), 0.0);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_cpu", [&] {
     GhostBuffers<scalar_t> p;
     p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
-    p.mul = data_or_null<scalar_t>(mul), p.add = data_or_null<scalar_t>(add);
-    p.masks = masks.data_ptr<scalar_t>(), p.out = out.data_ptr<scalar_t>();
-    run<scalar_t>(ghost_kernels<scalar_t>().forward, g.B * g.C, g, p);
+    p.mul = m.data_ptr<scalar_t>(), p.add = a.data_ptr<scalar_t>();
+    p.out = out.data_ptr<scalar_t>();
+    run<scalar_t>(ghost_kernels<scalar_t>().forward, g.B * g.G * g.bands(), g, p);
   });
   return out.to(v_in.scalar_type());
 }
@@ -96,7 +94,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
   const OptTensor mul = compute_dtype(mul_in), add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor dv = at::empty_like(v), dattn = at::empty_like(attn);
-  const Tensor masks = column_masks(g, v.options());
+  const Tensor m = ghost_or(mul, v, g.kk(), 1.0), a = ghost_or(add, v, g.kk(), 0.0);
+  // d_x runs the forward's aggregation with the taps mirrored (ghost_vec.h)
+  const Tensor m_mirror = m.flip({1}).contiguous(), a_mirror = a.flip({1}).contiguous();
   Tensor dmul, dadd, part_mul, part_add;  // (B, C, k, k) per-batch partials, summed over b below
   if (with_mul || with_add) {
     part_mul = at::empty({g.B, g.C, g.k, g.k}, v.options());
@@ -107,13 +107,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
     GhostBuffers<scalar_t> p;
     p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
     p.grad = grad.data_ptr<scalar_t>();
-    p.mul = data_or_null<scalar_t>(mul), p.add = data_or_null<scalar_t>(add);
-    p.masks = masks.data_ptr<scalar_t>();
+    p.mul = m_mirror.data_ptr<scalar_t>(), p.add = a_mirror.data_ptr<scalar_t>();
     p.out = dv.data_ptr<scalar_t>(), p.dattn = dattn.data_ptr<scalar_t>();
-    p.part_mul = with_mul || with_add ? part_mul.data_ptr<scalar_t>() : nullptr;
-    p.part_add = with_mul || with_add ? part_add.data_ptr<scalar_t>() : nullptr;
-    run<scalar_t>(kn.backward_x, g.B * g.C, g, p);
-    run<scalar_t>(kn.backward_attn, g.B * g.G * g.kk(), g, p);
+    run<scalar_t>(kn.backward_x, g.B * g.G * g.bands(), g, p);
+    p.mul = m.data_ptr<scalar_t>(), p.add = a.data_ptr<scalar_t>();
+    run<scalar_t>(kn.backward_attn, g.B * g.G * g.bands(), g, p);
+    if (with_mul || with_add) {
+      p.part_mul = part_mul.data_ptr<scalar_t>(), p.part_add = part_add.data_ptr<scalar_t>();
+      run<scalar_t>(kn.backward_ghost, g.B * g.G * g.ghost_blocks(), g, p);
+    }
   });
   if (with_mul) dmul = part_mul.sum(0);
   if (with_add) dadd = part_add.sum(0);

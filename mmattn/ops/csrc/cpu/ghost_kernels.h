@@ -8,14 +8,19 @@
 namespace mmattn {
 namespace cpu {
 
+// Output rows per work item of the aggregation and of d_attn.
+constexpr int64_t kBandRows = 8;
+// Channels per work item of the ghost-tensor gradients.
+constexpr int64_t kGhostItemChannels = 4;
+
 struct GhostGeometry {
   int64_t B, C, G, H, W, k, d;
   int64_t kk() const { return k * k; }
   int64_t r() const { return k / 2; }
   int64_t cpg() const { return C / G; }
-  // Columns j whose tap j + off lies inside [0, W).
-  int64_t j_begin(int64_t off) const { return std::max<int64_t>(0, -off); }
-  int64_t j_end(int64_t off) const { return std::min<int64_t>(W, W - off); }
+  int64_t bands() const { return (H + kBandRows - 1) / kBandRows; }
+  // Blocks of kGhostItemChannels channels per head group (the ghost-gradient work items).
+  int64_t ghost_blocks() const { return (cpg() + kGhostItemChannels - 1) / kGhostItemChannels; }
 };
 
 template <typename T>
@@ -23,9 +28,10 @@ struct GhostBuffers {
   const T* x = nullptr;     // v (B, C, H, W)
   const T* attn = nullptr;  // (B, G, k*k, H, W)
   const T* grad = nullptr;  // d_out (B, C, H, W)
-  const T* mul = nullptr;   // M (C, k, k) or nullptr (1)
-  const T* add = nullptr;   // S (C, k, k) or nullptr (0)
-  const T* masks = nullptr;  // (k, H*W): 1 where column j + (v - k/2)*d lies inside [0, W)
+  // M and S (C, k, k), ones and zeros when the op was given none; for d_x, mirrored over the
+  // taps (M[c, k*k - 1 - s])
+  const T* mul = nullptr;
+  const T* add = nullptr;
   T* out = nullptr;         // forward out, or d_x
   T* dattn = nullptr;
   // (B, C, k*k) per-batch partial sums of d_M and d_S (summed over b by the entry point), or
@@ -34,14 +40,18 @@ struct GhostBuffers {
   T* part_add = nullptr;
 };
 
-// Work items: forward and backward_x: the (B*C) planes of out / d_x; backward_attn: the
-// (B*G*k*k) planes of d_attn, with the per-batch partial sums of d_M and d_S.
+// Work items: the (B*G*bands()) bands of kBandRows output rows of one (batch, head group), all
+// channels of the group, for the forward, d_x and d_attn; backward_ghost: the
+// (B*G*ghost_blocks()) blocks of kGhostItemChannels channels of one group, for the per-batch
+// partial sums of d_M and d_S.
 #define MMATTN_GHOST_KERNEL_DECLS(T)                                                       \
   void ghost_forward_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t, int64_t);  \
   void ghost_backward_x_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,        \
                              int64_t);                                                     \
   void ghost_backward_attn_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,     \
-                                int64_t);
+                                int64_t);                                                  \
+  void ghost_backward_ghost_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,    \
+                                 int64_t);
 #define MMATTN_GHOST_KERNEL_DECLS_ALL \
   MMATTN_GHOST_KERNEL_DECLS(float)    \
   MMATTN_GHOST_KERNEL_DECLS(double)

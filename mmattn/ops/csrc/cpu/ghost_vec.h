@@ -1,10 +1,25 @@
-// Vectorised row kernels of ELSA's ghost-head aggregation (see ghost_kernels.h):
+// Vectorised kernels of ELSA's ghost-head aggregation (see ghost_kernels.h):
 //
 //   out[b,c,i,j] = sum_{u,v} x[b,c,i+(u-r)d,j+(v-r)d] * (attn[b,g,u*k+v,i,j] * M[c,u,v] + S[c,u,v])
 //
-// Included once per CPU capability (like na2d_vec.h). Inner loops run along the contiguous W
-// axis with at::vec::Vectorized<T> and a masked tail; each output plane (or channel of d_M, d_S) is
-// written by one thread in a fixed order, so results are bit-identical from run to run.
+// Included once per CPU capability (like na2d_vec.h). Work items are bands of kBandRows output
+// rows of one (batch, head group), or blocks of kGhostItemChannels channels of one (batch, head
+// group) for the ghost-tensor gradients. An item first copies the rows of x (or d_out) it reads
+// into zero-padded scratch planes (pad r*d on every side), so that every tap is an unmasked,
+// shifted load and the image border needs no test. d_x is the forward's aggregation of d_out
+// with the taps mirrored.
+//
+// Register blocks: the forward keeps the outputs of CB channels x NV vectors of one row in
+// registers over all k*k taps, and each loaded attention vector feeds the CB channels; d_attn
+// keeps up to kTaps taps of one vector in registers over the group's channels, and each loaded
+// d_out vector feeds those taps; the ghost gradients keep CB channels x 2 taps of lane-wise sums
+// in registers over a band's rows, and each attention vector feeds the CB channels. Each output
+// element is written by one thread, with an order of operations that does not depend on the
+// thread count: results are bit-identical from run to run and across thread counts.
+//
+// GCC keeps a block of Vectorized accumulators in memory (one store per FMA) when it cannot tell
+// that their loop runs at least once; the `__builtin_unreachable()` guards before such loops say
+// so, and the row tails run in a loop of their own after the full vectors for the same reason.
 #pragma once
 #include <algorithm>
 #include <cstring>
@@ -17,141 +32,425 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-// Each tap (u, v) is applied to a whole (H, W) plane at once, as one loop over the flattened
-// plane: a tap reads the plane shifted by du*W + dv, and mask_v (1 where column j + dv lies inside
-// [0, W), else 0) removes the reads that wrap into the neighbouring row. One long loop per tap
-// instead of one short loop per (row, tap) keeps the vector units busy on small maps.
+constexpr int kChannels = 4;  // CB: channels per register block of the aggregation
+constexpr int kTaps = 8;      // taps per register block of d_attn
+// NV: vectors per row chunk of the aggregation (32 vector registers with AVX-512, else 16)
+constexpr int kMaxVectors = sizeof(Vectorized<float>) >= 64 ? 4 : 2;
 
-// The flattened range [n0, n1) of the positions whose tap at row offset du and plane shift
-// `shift` lies inside the plane.
-inline void tap_span(const GhostGeometry& g, int64_t du, int64_t shift, int64_t& n0,
-                     int64_t& n1) {
-  const int64_t HW = g.H * g.W;
-  n0 = std::max<int64_t>(std::max<int64_t>(0, -du) * g.W, -shift);
-  n1 = std::min<int64_t>(std::min<int64_t>(g.H, g.H - du) * g.W, HW - shift);
-}
-
-// y[n] += x[n] * (a[n] * m + s) * mask[n],  n < len; kMask false: a tap with column offset 0,
-// whose mask is all ones.
-template <typename T, bool kMask>
-inline void weighted_span(T* y, const T* x, const T* a, const T* mask, T m, T s, int64_t len) {
-  using V = Vectorized<T>;
-  const V vm(m), vs(s);
-  int64_t n = 0;
-  for (; n + V::size() <= len; n += V::size()) {
-    V w = at::vec::fmadd(V::loadu(a + n), vm, vs);
-    if constexpr (kMask) w = w * V::loadu(mask + n);
-    at::vec::fmadd(V::loadu(x + n), w, V::loadu(y + n)).store(y + n);
+// Zero-padded copies of output rows [i0, i0 + rows) and their k*k-tap neighbourhood: row t of a
+// plane holds image row i0 - pad + t at columns pad..pad+W-1 (zeros elsewhere).
+struct PadPlanes {
+  int64_t pad, Wp, rows, plane;  // padding, padded width, padded rows, floats per plane
+  PadPlanes(const GhostGeometry& g, int64_t band_rows)
+      : pad(g.r() * g.d), Wp(g.W + 2 * g.r() * g.d), rows(band_rows + 2 * g.r() * g.d),
+        plane(rows * Wp) {}
+  // Scratch size for n planes, with room for the chunk tails' reads past the last row.
+  template <typename T>
+  int64_t floats(int64_t n) const {
+    return n * plane + kMaxVectors * Vectorized<T>::size() + Wp;
   }
-  if (n < len) {
-    const int64_t c = len - n;
-    const V w = at::vec::fmadd(V::loadu(a + n, c), vm, vs) * V::loadu(mask + n, c);
-    at::vec::fmadd(V::loadu(x + n, c), w, V::loadu(y + n, c)).store(y + n, c);
+};
+
+template <typename T>
+void pad_plane(const GhostGeometry& g, const PadPlanes& pp, const T* src, int64_t i0, T* dst) {
+  for (int64_t t = 0; t < pp.rows; ++t) {
+    T* row = dst + t * pp.Wp;
+    const int64_t i = i0 - pp.pad + t;
+    if (i < 0 || i >= g.H) {
+      std::memset(row, 0, sizeof(T) * pp.Wp);
+      continue;
+    }
+    std::memset(row, 0, sizeof(T) * pp.pad);
+    std::memcpy(row + pp.pad, src + i * g.W, sizeof(T) * g.W);
+    std::memset(row + pp.pad + g.W, 0, sizeof(T) * pp.pad);
   }
 }
 
 template <typename T>
-inline void weighted_span(T* y, const T* x, const T* a, const T* mask, T m, T s, int64_t len,
-                          bool wraps) {
-  if (wraps)
-    weighted_span<T, true>(y, x, a, mask, m, s, len);
-  else
-    weighted_span<T, false>(y, x, a, mask, m, s, len);
+void zero_fill(T* p, int64_t n) {
+  std::memset(p, 0, sizeof(T) * n);
 }
 
-// The forward (out[n] += x[n + shift] * w[n]) and d_x (dx[n + shift] += grad[n] * w[n]) over
-// the (b, c) planes [r0, r1): the same taps, read or written at the shift.
-template <typename T, bool kTranspose>
-void tap_planes(const GhostGeometry& g, const GhostBuffers<T>& p, const T* src, int64_t r0,
-                int64_t r1) {
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  for (int64_t bc = r0; bc < r1; ++bc) {
-    const int64_t b = bc / g.C, c = bc % g.C, grp = c / g.cpg();
-    T* out = p.out + bc * HW;
-    std::memset(out, 0, sizeof(T) * HW);
-    for (int64_t s = 0; s < kk; ++s) {
-      const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
-      const int64_t shift = du * g.W + off;
-      int64_t n0, n1;
-      tap_span(g, du, shift, n0, n1);
-      if (n1 <= n0) continue;
-      const T m = p.mul ? p.mul[c * kk + s] : T(1), a = p.add ? p.add[c * kk + s] : T(0);
-      const T* attn = p.attn + ((b * g.G + grp) * kk + s) * HW + n0;
-      const T* mask = p.masks + v * HW + n0;
-      const T* x = src + bc * HW + n0;
-      if (kTranspose)
-        weighted_span<T>(out + n0 + shift, x, attn, mask, m, a, n1 - n0, off != 0);
+// One band item: batch b, head group grp, output rows [i0, i0 + rows).
+struct BandItem {
+  int64_t b, grp, i0, rows;
+};
+
+inline BandItem band_item(const GhostGeometry& g, int64_t item) {
+  const int64_t band = item % g.bands(), bg = item / g.bands();
+  const int64_t i0 = band * kBandRows;
+  return {bg / g.G, bg % g.G, i0, std::min<int64_t>(kBandRows, g.H - i0)};
+}
+
+// Offsets of the k*k taps in a padded plane: tap s = u*k + v reads row + u*d, column + v*d.
+inline void tap_offsets(const GhostGeometry& g, const PadPlanes& pp, int64_t* off) {
+  for (int64_t s = 0; s < g.kk(); ++s) off[s] = (s / g.k) * g.d * pp.Wp + (s % g.k) * g.d;
+}
+
+// The aggregation of one chunk of NV vectors at column j0 of band row t, for CB channels:
+//   out[c][t][j] = sum_s xpad[c][t + u*d][j + v*d] * (attn(s)[t][j] * mul[c][s] + add[c][s])
+// with attn(s) = attn + s * tap_stride (xpad, attn and out at the chunk). kTail: only the first
+// `tail` lanes of the last vector lie inside the row (its attention is loaded masked, the other
+// lanes are not stored).
+template <typename T, int CB, int NV, bool kTail>
+inline void aggregate_chunk(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
+                            const T* xpad, const T* attn, int64_t tap_stride, const T* mul,
+                            const T* add, T* out, int64_t out_plane, int64_t tail) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t kk = g.kk();
+  const Lanes<T> lanes(kTail ? tail : 1);
+  if (kk < 1) __builtin_unreachable();
+  V acc[CB][NV];
+  for (int c = 0; c < CB; ++c)
+    for (int n = 0; n < NV; ++n) acc[c][n] = V(T(0));
+  for (int64_t s = 0; s < kk; ++s) {
+    const T* ar = attn + s * tap_stride;
+    V a[NV];
+    for (int n = 0; n < NV; ++n)
+      a[n] = in_register(kTail && n == NV - 1 ? lanes.load(ar + n * L) : V::loadu(ar + n * L));
+    const T* xs = xpad + off[s];
+    for (int c = 0; c < CB; ++c) {
+      const V m(mul[c * kk + s]), sv(add[c * kk + s]);
+      for (int n = 0; n < NV; ++n)
+        acc[c][n] = at::vec::fmadd(V::loadu(xs + c * pp.plane + n * L),
+                                   at::vec::fmadd(a[n], m, sv), acc[c][n]);
+    }
+  }
+  for (int c = 0; c < CB; ++c)
+    for (int n = 0; n < NV; ++n) {
+      if (kTail && n == NV - 1)
+        lanes.store(acc[c][n], out + c * out_plane + n * L);
       else
-        weighted_span<T>(out + n0, x + shift, attn, mask, m, a, n1 - n0, off != 0);
+        acc[c][n].store(out + c * out_plane + n * L);
+    }
+}
+
+// The row's last chunk: `nv` vectors, the last of them with `tail` lanes (0: a full vector).
+template <typename T, int CB, int NV>
+inline void aggregate_last_chunk(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
+                                 const T* xpad, const T* attn, int64_t tap_stride, const T* mul,
+                                 const T* add, T* out, int64_t out_plane, int64_t nv,
+                                 int64_t tail) {
+  if constexpr (NV > 1) {
+    if (nv < NV)
+      return aggregate_last_chunk<T, CB, NV - 1>(g, pp, off, xpad, attn, tap_stride, mul, add,
+                                                 out, out_plane, nv, tail);
+  }
+  if (tail == 0)
+    aggregate_chunk<T, CB, NV, false>(g, pp, off, xpad, attn, tap_stride, mul, add, out,
+                                      out_plane, 0);
+  else
+    aggregate_chunk<T, CB, NV, true>(g, pp, off, xpad, attn, tap_stride, mul, add, out,
+                                     out_plane, tail);
+}
+
+// Rows [0, rows) of the band for CB channels; xpad: their padded planes (PadPlanes), attn: tap 0
+// at band row 0, column 0; out: channel 0 at band row 0.
+template <typename T, int CB>
+void aggregate_band(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
+                    const T* xpad, const T* attn, int64_t tap_stride, const T* mul, const T* add,
+                    T* out, int64_t rows) {
+  constexpr int64_t L = Vectorized<T>::size(), chunk = kMaxVectors * L;
+  const int64_t HW = g.H * g.W;
+  const int64_t full = g.W / chunk * chunk, rest = g.W - full;
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* xt = xpad + t * pp.Wp;
+    const T* at = attn + t * g.W;
+    T* ot = out + t * g.W;
+    for (int64_t j0 = 0; j0 < full; j0 += chunk)
+      aggregate_chunk<T, CB, kMaxVectors, false>(g, pp, off, xt + j0, at + j0, tap_stride, mul,
+                                                 add, ot + j0, HW, 0);
+    if (rest > 0)
+      aggregate_last_chunk<T, CB, kMaxVectors>(g, pp, off, xt + full, at + full, tap_stride,
+                                               mul, add, ot + full, HW, (rest + L - 1) / L,
+                                               rest % L);
+  }
+}
+
+// The aggregation of one band item over all channels of its group, reading x from `src`
+// (forward: x; d_x: d_out) and the attention of tap s at band row t from
+// attn + s * tap_stride + t * W.
+template <typename T>
+void aggregate_item(const GhostGeometry& g, const PadPlanes& pp, const BandItem& it,
+                    const T* src, const T* attn, int64_t tap_stride, const T* mul, const T* add,
+                    T* out, T* xpad, const int64_t* off) {
+  const int64_t HW = g.H * g.W, kk = g.kk();
+  const int64_t c_end = (it.grp + 1) * g.cpg();
+  for (int64_t c0 = it.grp * g.cpg(); c0 < c_end; c0 += kChannels) {
+    const int64_t cb = std::min<int64_t>(kChannels, c_end - c0);
+    for (int64_t c = 0; c < cb; ++c)
+      pad_plane(g, pp, src + (it.b * g.C + c0 + c) * HW, it.i0, xpad + c * pp.plane);
+    T* o = out + (it.b * g.C + c0) * HW + it.i0 * g.W;
+    const T *m = mul + c0 * kk, *a = add + c0 * kk;
+    if (cb == kChannels) {
+      aggregate_band<T, kChannels>(g, pp, off, xpad, attn, tap_stride, m, a, o, it.rows);
+    } else {
+      for (int64_t c = 0; c < cb; ++c)
+        aggregate_band<T, 1>(g, pp, off, xpad + c * pp.plane, attn, tap_stride, m + c * kk,
+                             a + c * kk, o + c * HW, it.rows);
     }
   }
 }
 
 template <typename T>
 void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
-  tap_planes<T, false>(g, p, p.x, r0, r1);
+  const PadPlanes pp(g, kBandRows);
+  Scratch<T> xpad(pp.floats<T>(kChannels));
+  zero_fill(xpad.data(), pp.floats<T>(kChannels));
+  Scratch<int64_t> off(g.kk());
+  tap_offsets(g, pp, off.data());
+  const int64_t HW = g.H * g.W;
+  for (int64_t item = r0; item < r1; ++item) {
+    const BandItem it = band_item(g, item);
+    const T* attn = p.attn + (it.b * g.G + it.grp) * g.kk() * HW + it.i0 * g.W;
+    aggregate_item(g, pp, it, p.x, attn, HW, p.mul, p.add, p.out, xpad.data(), off.data());
+  }
 }
 
-// d_x: the transpose of the forward, plane by plane of x.
+// d_x is the aggregation of d_out with the mirrored taps: tap s' = k*k - 1 - s, of offset
+// (-du, -dv), weighs d_out[i - du, j - dv] with attn[s][i - du, j - dv] (M and S mirrored by the
+// entry point). The item gathers those attention rows into a band buffer (zero where
+// [i - du, j - dv] lies outside the image) and runs the forward's aggregation on it.
+template <typename T>
+void mirrored_attention(const GhostGeometry& g, const T* attn, const BandItem& it, T* dst) {
+  const int64_t HW = g.H * g.W, kk = g.kk();
+  for (int64_t sp = 0; sp < kk; ++sp) {
+    const int64_t s = kk - 1 - sp;
+    const int64_t du = (sp / g.k - g.r()) * g.d, dv = (sp % g.k - g.r()) * g.d;
+    const int64_t j0 = std::max<int64_t>(0, -dv), j1 = std::min<int64_t>(g.W, g.W - dv);
+    for (int64_t t = 0; t < it.rows; ++t) {
+      T* row = dst + (sp * kBandRows + t) * g.W;
+      const int64_t i = it.i0 + t + du;
+      if (i < 0 || i >= g.H || j1 <= j0) {
+        std::memset(row, 0, sizeof(T) * g.W);
+        continue;
+      }
+      std::memset(row, 0, sizeof(T) * j0);
+      std::memcpy(row + j0, attn + s * HW + i * g.W + j0 + dv, sizeof(T) * (j1 - j0));
+      std::memset(row + j1, 0, sizeof(T) * (g.W - j1));
+    }
+  }
+}
+
 template <typename T>
 void backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
-  tap_planes<T, true>(g, p, p.grad, r0, r1);
+  const PadPlanes pp(g, kBandRows);
+  Scratch<T> xpad(pp.floats<T>(kChannels));
+  zero_fill(xpad.data(), pp.floats<T>(kChannels));
+  Scratch<int64_t> off(g.kk());
+  tap_offsets(g, pp, off.data());
+  const int64_t HW = g.H * g.W, band = kBandRows * g.W;
+  Scratch<T> mirrored(g.kk() * band);  // the band's mirrored attention (rows read masked)
+  for (int64_t item = r0; item < r1; ++item) {
+    const BandItem it = band_item(g, item);
+    mirrored_attention(g, p.attn + (it.b * g.G + it.grp) * g.kk() * HW, it, mirrored.data());
+    aggregate_item(g, pp, it, p.grad, mirrored.data(), band, p.mul, p.add, p.out, xpad.data(),
+                   off.data());
+  }
 }
 
-// One pass per (b, group, s) plane computes t = grad[b,c] * x[b,c] shifted (masked) for the
-// group's channels and from it
-//   d_attn[b,g,s] = sum_c t * M[c,s]
-// and, when the ghost tensors need gradients, the batch-b partial sums
-//   part_M[b,c,s] = sum_n t * attn[b,g,s],  part_S[b,c,s] = sum_n t
-// which the entry point adds over b in a fixed order (d_M, d_S).
+// Calls f.template operator()<N>() with N = n, for n in [1, kTaps].
+template <typename F>
+inline void with_taps(int64_t n, F&& f) {
+  switch (n) {
+    case 1: return f.template operator()<1>();
+    case 2: return f.template operator()<2>();
+    case 3: return f.template operator()<3>();
+    case 4: return f.template operator()<4>();
+    case 5: return f.template operator()<5>();
+    case 6: return f.template operator()<6>();
+    case 7: return f.template operator()<7>();
+    default: return f.template operator()<kTaps>();
+  }
+}
+
+// d_attn of NT taps at one vector (`left` lanes inside the row, all of them when >= the width),
+// summed over the group's channels:
+//   d_attn[s][j] = sum_c d_out[c][j] * xpad[c][j + shift] * M[c][s]
+// grad: channel 0 at the vector, channel stride HW; xr: channel 0's padded row at the vector's
+// first tap, channel stride `plane`, taps d apart; mul: channel 0's first tap.
+template <typename T, int NT, bool kTail>
+inline void attn_grad_vector(int64_t channels, const T* grad, int64_t HW, const T* xr,
+                             int64_t plane, int64_t d, const T* mul, int64_t kk, T* da,
+                             int64_t left) {
+  using V = Vectorized<T>;
+  const Lanes<T> lanes(kTail ? left : 1);
+  V acc[NT];
+  for (int n = 0; n < NT; ++n) acc[n] = V(T(0));
+  for (int64_t c = 0; c < channels; ++c) {
+    const V gv = in_register(kTail ? lanes.load(grad + c * HW) : V::loadu(grad + c * HW));
+    const T* x = xr + c * plane;
+    const T* m = mul + c * kk;
+    for (int n = 0; n < NT; ++n) acc[n] = at::vec::fmadd(gv * V::loadu(x + n * d), V(m[n]), acc[n]);
+  }
+  for (int n = 0; n < NT; ++n) {
+    if (kTail)
+      lanes.store(acc[n], da + n * HW);
+    else
+      acc[n].store(da + n * HW);
+  }
+}
+
+// d_attn of one band item: all k*k taps of the band's rows, summed over the group's channels.
 template <typename T>
 void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
                         int64_t r1) {
+  constexpr int64_t L = Vectorized<T>::size();
+  const PadPlanes pp(g, kBandRows);
+  Scratch<T> xpad(pp.floats<T>(g.cpg()));
+  zero_fill(xpad.data(), pp.floats<T>(g.cpg()));
+  const int64_t HW = g.H * g.W, kk = g.kk(), full = g.W / L * L;
+  for (int64_t item = r0; item < r1; ++item) {
+    const BandItem it = band_item(g, item);
+    const int64_t c0 = it.grp * g.cpg();
+    for (int64_t c = 0; c < g.cpg(); ++c)
+      pad_plane(g, pp, p.x + (it.b * g.C + c0 + c) * HW, it.i0, xpad.data() + c * pp.plane);
+    for (int64_t t = 0; t < it.rows; ++t) {
+      const T* grad = p.grad + (it.b * g.C + c0) * HW + (it.i0 + t) * g.W;
+      T* da_row = p.dattn + (it.b * g.G + it.grp) * kk * HW + (it.i0 + t) * g.W;
+      for (int64_t u = 0; u < g.k; ++u)
+        for (int64_t v0 = 0; v0 < g.k; v0 += kTaps)
+          with_taps(std::min<int64_t>(kTaps, g.k - v0), [&]<int NT>() {
+            const int64_t s0 = u * g.k + v0;
+            const T* xr = xpad.data() + (t + u * g.d) * pp.Wp + v0 * g.d;
+            const T* m = p.mul + c0 * kk + s0;
+            T* da = da_row + s0 * HW;
+            for (int64_t j0 = 0; j0 < full; j0 += L)
+              attn_grad_vector<T, NT, false>(g.cpg(), grad + j0, HW, xr + j0, pp.plane, g.d, m,
+                                             kk, da + j0, L);
+            if (full < g.W)
+              attn_grad_vector<T, NT, true>(g.cpg(), grad + full, HW, xr + full, pp.plane, g.d,
+                                            m, kk, da + full, g.W - full);
+          });
+    }
+  }
+}
+
+// Channels and taps per register block of the ghost-tensor gradients (2 x CB x NT partial sums
+// and NT attention vectors in registers).
+constexpr int kGhostChannels = kMaxVectors >= 4 ? 4 : 2;
+constexpr int kGhostTaps = 2;
+
+// The lane-wise partial sums of the ghost-tensor gradients of CB channels and NT taps at one
+// vector (`lanes` of it when kTail):
+//   sa[c][n] += d_out[c] * xpad[c] (shifted to tap n),  sm[c][n] += that * attn[n]
+// Each attention vector feeds the CB channels.
+template <typename T, int CB, int NT, bool kTail>
+inline void ghost_grad_vector(const T* grad, int64_t HW, const T* xr, int64_t plane, int64_t d,
+                              const T* attn, const Lanes<T>& lanes, Vectorized<T> (&sm)[CB][NT],
+                              Vectorized<T> (&sa)[CB][NT]) {
   using V = Vectorized<T>;
-  const int64_t kk = g.kk(), HW = g.H * g.W;
-  const bool filters = p.part_mul != nullptr;
-  for (int64_t plane = r0; plane < r1; ++plane) {  // (b, group, s)
-    const int64_t bg = plane / kk, s = plane % kk, b = bg / g.G, grp = bg % g.G;
-    const int64_t u = s / g.k, v = s % g.k, du = (u - g.r()) * g.d, off = (v - g.r()) * g.d;
-    const int64_t shift = du * g.W + off;
-    T* da = p.dattn + plane * HW;
-    std::memset(da, 0, sizeof(T) * HW);
-    int64_t n0, n1;
-    tap_span(g, du, shift, n0, n1);
-    const int64_t len = std::max<int64_t>(0, n1 - n0);
-    const T* at = p.attn + plane * HW + n0;
-    const T* mk = p.masks + v * HW + n0;
-    const bool wraps = off != 0;  // a tap with column offset 0 has an all-ones mask
-    for (int64_t c = grp * g.cpg(); c < (grp + 1) * g.cpg(); ++c) {
-      const T m = p.mul ? p.mul[c * kk + s] : T(1);
-      const int64_t base = (b * g.C + c) * HW;
-      const T* gr = p.grad + base + n0;
-      const T* xs = p.x + base + n0 + shift;
-      T* y = da + n0;
-      const V vm(m);
-      V sm(T(0)), sa(T(0));
-      int64_t n = 0;
-      for (; n + V::size() <= len; n += V::size()) {
-        V t = V::loadu(gr + n) * V::loadu(xs + n);
-        if (wraps) t = t * V::loadu(mk + n);
-        at::vec::fmadd(t, vm, V::loadu(y + n)).store(y + n);
-        if (filters) {
-          sa = sa + t;
-          sm = at::vec::fmadd(t, V::loadu(at + n), sm);
-        }
+  V a[NT];
+  for (int n = 0; n < NT; ++n)
+    a[n] = in_register(kTail ? lanes.load(attn + n * HW) : V::loadu(attn + n * HW));
+  for (int c = 0; c < CB; ++c) {
+    const V gv = in_register(kTail ? lanes.load(grad + c * HW) : V::loadu(grad + c * HW));
+    for (int n = 0; n < NT; ++n) {
+      const V prod = gv * V::loadu(xr + c * plane + n * d);
+      sa[c][n] = sa[c][n] + prod;
+      sm[c][n] = at::vec::fmadd(prod, a[n], sm[c][n]);
+    }
+  }
+}
+
+// Rows [i0, i1) of the sums of CB channels (padded planes xpad) and NT taps from s0 = u*k + v0
+// (grad, attn: channel 0's plane and tap s0's plane), added to the lane-wise partial sums
+// acc_m, acc_a ([NT][CB] vectors).
+template <typename T, int CB, int NT>
+void ghost_grad_rows(const GhostGeometry& g, const PadPlanes& pp, const T* grad, const T* xpad,
+                     const T* attn, int64_t u, int64_t v0, int64_t i0, int64_t i1, T* acc_m,
+                     T* acc_a) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t HW = g.H * g.W, full = g.W / L * L;
+  const Lanes<T> lanes(full < g.W ? g.W - full : 1);
+  if (i1 <= i0) __builtin_unreachable();
+  V sm[CB][NT], sa[CB][NT];
+  for (int c = 0; c < CB; ++c)
+    for (int n = 0; n < NT; ++n) {
+      sm[c][n] = V::loadu(acc_m + (n * CB + c) * L);
+      sa[c][n] = V::loadu(acc_a + (n * CB + c) * L);
+    }
+  // the full vectors of the rows, then the rows' tails (two loops keep the block in registers)
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t j0 = 0; j0 < full; j0 += L)
+      ghost_grad_vector<T, CB, NT, false>(grad + i * g.W + j0, HW,
+                                          xpad + (i + u * g.d) * pp.Wp + v0 * g.d + j0,
+                                          pp.plane, g.d, attn + i * g.W + j0, lanes, sm, sa);
+  if (full < g.W)
+    for (int64_t i = i0; i < i1; ++i)
+      ghost_grad_vector<T, CB, NT, true>(grad + i * g.W + full, HW,
+                                         xpad + (i + u * g.d) * pp.Wp + v0 * g.d + full,
+                                         pp.plane, g.d, attn + i * g.W + full, lanes, sm, sa);
+  for (int c = 0; c < CB; ++c)
+    for (int n = 0; n < NT; ++n) {
+      sm[c][n].store(acc_m + (n * CB + c) * L);
+      sa[c][n].store(acc_a + (n * CB + c) * L);
+    }
+}
+
+// part_M, part_S of CB channels: bands of kBandRows rows, all taps per band (the band's rows of
+// x, d_out and the attention stay in the L1/L2 caches), the lane-wise sums in acc ([2][k*k][CB]
+// vectors) summed over the lanes at the end; out: part + (b*C + c) * k*k of channel 0.
+template <typename T, int CB>
+void ghost_grad_channels(const GhostGeometry& g, const PadPlanes& pp, const T* grad,
+                         const T* xpad, const T* attn, T* acc, T* part_mul, T* part_add) {
+  constexpr int64_t L = Vectorized<T>::size();
+  const int64_t HW = g.H * g.W, kk = g.kk();
+  T* acc_m = acc;
+  T* acc_a = acc + kk * CB * L;
+  zero_fill(acc, 2 * kk * CB * L);
+  for (int64_t i0 = 0; i0 < g.H; i0 += kBandRows) {
+    const int64_t i1 = std::min<int64_t>(g.H, i0 + kBandRows);
+    for (int64_t u = 0; u < g.k; ++u)
+      for (int64_t v0 = 0; v0 < g.k; v0 += kGhostTaps) {
+        const int64_t s0 = u * g.k + v0, at = s0 * CB * L;
+        if (v0 + kGhostTaps <= g.k)
+          ghost_grad_rows<T, CB, kGhostTaps>(g, pp, grad, xpad, attn + s0 * HW, u, v0, i0, i1,
+                                             acc_m + at, acc_a + at);
+        else
+          ghost_grad_rows<T, CB, 1>(g, pp, grad, xpad, attn + s0 * HW, u, v0, i0, i1,
+                                    acc_m + at, acc_a + at);
       }
-      if (n < len) {
-        const int64_t cnt = len - n;
-        const V t = V::loadu(gr + n, cnt) * V::loadu(xs + n, cnt) * V::loadu(mk + n, cnt);
-        at::vec::fmadd(t, vm, V::loadu(y + n, cnt)).store(y + n, cnt);
-        if (filters) {
-          sa = sa + t;
-          sm = at::vec::fmadd(t, V::loadu(at + n, cnt), sm);
-        }
-      }
-      if (filters) {
-        p.part_mul[(b * g.C + c) * kk + s] = lane_sum<T>(sm);
-        p.part_add[(b * g.C + c) * kk + s] = lane_sum<T>(sa);
+  }
+  for (int c = 0; c < CB; ++c)
+    for (int64_t s = 0; s < kk; ++s) {
+      part_mul[c * kk + s] = lane_sum<T>(Vectorized<T>::loadu(acc_m + (s * CB + c) * L));
+      part_add[c * kk + s] = lane_sum<T>(Vectorized<T>::loadu(acc_a + (s * CB + c) * L));
+    }
+}
+
+// Items: blocks of kGhostItemChannels channels of one (batch, group), run kGhostChannels at a
+// time; each pads its channels' whole planes of x once.
+template <typename T>
+void backward_ghost_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
+                         int64_t r1) {
+  static_assert(kGhostItemChannels % kGhostChannels == 0, "whole register blocks per item");
+  const PadPlanes pp(g, g.H);
+  Scratch<T> xpad(pp.floats<T>(kGhostItemChannels));
+  zero_fill(xpad.data(), pp.floats<T>(kGhostItemChannels));
+  Scratch<T> acc(2 * g.kk() * kGhostChannels * Vectorized<T>::size());
+  const int64_t HW = g.H * g.W, kk = g.kk(), blocks = g.ghost_blocks();
+  for (int64_t item = r0; item < r1; ++item) {
+    const int64_t bg = item / blocks, b = bg / g.G, grp = bg % g.G;
+    const int64_t c0 = grp * g.cpg() + item % blocks * kGhostItemChannels;
+    const int64_t cn = std::min<int64_t>(kGhostItemChannels, (grp + 1) * g.cpg() - c0);
+    for (int64_t c = 0; c < cn; ++c)
+      pad_plane(g, pp, p.x + (b * g.C + c0 + c) * HW, 0, xpad.data() + c * pp.plane);
+    const T* attn = p.attn + (b * g.G + grp) * kk * HW;
+    for (int64_t c = 0; c < cn;) {
+      const int64_t bc = b * g.C + c0 + c;
+      const T* grad = p.grad + bc * HW;
+      const T* xp = xpad.data() + c * pp.plane;
+      if (c + kGhostChannels <= cn) {
+        ghost_grad_channels<T, kGhostChannels>(g, pp, grad, xp, attn, acc.data(),
+                                               p.part_mul + bc * kk, p.part_add + bc * kk);
+        c += kGhostChannels;
+      } else {
+        ghost_grad_channels<T, 1>(g, pp, grad, xp, attn, acc.data(), p.part_mul + bc * kk,
+                                  p.part_add + bc * kk);
+        c += 1;
       }
     }
   }
@@ -171,6 +470,10 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
   void ghost_backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p,            \
                                 int64_t r0, int64_t r1) {                                    \
     backward_attn_rows<T>(g, p, r0, r1);                                                     \
+  }                                                                                          \
+  void ghost_backward_ghost_rows(const GhostGeometry& g, const GhostBuffers<T>& p,           \
+                                 int64_t r0, int64_t r1) {                                   \
+    backward_ghost_rows<T>(g, p, r0, r1);                                                    \
   }
 
 MMATTN_GHOST_KERNEL_DEFS(float)

@@ -61,6 +61,51 @@ inline Vectorized<T> in_register(const Vectorized<T>& v) {
 }
 #endif
 
+// Loads and stores of a vector's first n lanes (0 < n < the width; the other lanes load as zero
+// and are not written), with the mask built once: Vectorized::loadu(p, n) tests n at every call,
+// and inside a register-blocked loop that branch makes GCC keep the whole block in memory.
+template <typename T>
+struct Lanes {  // the generic build
+  int64_t n;
+  explicit Lanes(int64_t count) : n(count) {}
+  Vectorized<T> load(const T* p) const { return Vectorized<T>::loadu(p, n); }
+  void store(Vectorized<T> v, T* p) const { v.store(p, n); }
+};
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+struct Lanes<float> {
+  __mmask16 m;
+  explicit Lanes(int64_t count) : m(static_cast<__mmask16>((1u << count) - 1)) {}
+  Vectorized<float> load(const float* p) const { return _mm512_maskz_loadu_ps(m, p); }
+  void store(Vectorized<float> v, float* p) const { _mm512_mask_storeu_ps(p, m, v); }
+};
+template <>
+struct Lanes<double> {
+  __mmask8 m;
+  explicit Lanes(int64_t count) : m(static_cast<__mmask8>((1u << count) - 1)) {}
+  Vectorized<double> load(const double* p) const { return _mm512_maskz_loadu_pd(m, p); }
+  void store(Vectorized<double> v, double* p) const { _mm512_mask_storeu_pd(p, m, v); }
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+struct Lanes<float> {
+  __m256i m;
+  explicit Lanes(int64_t count)
+      : m(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)),
+                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+  Vectorized<float> load(const float* p) const { return _mm256_maskload_ps(p, m); }
+  void store(Vectorized<float> v, float* p) const { _mm256_maskstore_ps(p, m, v); }
+};
+template <>
+struct Lanes<double> {
+  __m256i m;
+  explicit Lanes(int64_t count)
+      : m(_mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3))) {}
+  Vectorized<double> load(const double* p) const { return _mm256_maskload_pd(p, m); }
+  void store(Vectorized<double> v, double* p) const { _mm256_maskstore_pd(p, m, v); }
+};
+#endif
+
 // Sum of a vector's lanes, in lane order.
 template <typename T>
 inline T lane_sum(const Vectorized<T>& v) {
