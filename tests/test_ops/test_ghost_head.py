@@ -264,6 +264,25 @@ def test_cpu_results_do_not_depend_on_thread_count(num_threads):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize('column', [0, 20], ids=['first-column', 'last-column'])
+def test_non_finite_values_reach_only_the_taps_that_read_them(column):
+    # An infinite v pixel makes d_M, d_S and d_attn non-finite exactly where the reference
+    # reads it. The kernels' partial last vector of a row (21 columns: 16 + 5 or 8 + 8 + 5)
+    # reads past the row in its unused lanes; those reads must not reach the sums.
+    ks, dilation = 5, 1
+    t = make_inputs(1, 4, 1, 6, 21, ks, 'mul+add', dtype=torch.float32, seed=14,
+                    requires_grad=True)
+    with torch.no_grad():
+        t['v'][0, 1, 3, column] = float('inf')
+    grad_out = torch.randn(1, 4, 6, 21, generator=torch.Generator().manual_seed(15))
+    _, grads = forward_backward(ghost_head_aggregate, t, ks, dilation, grad_out)
+    _, expected = forward_backward(ghost_head_aggregate_reference, t, ks, dilation, grad_out)
+    for name in ('ghost_mul', 'ghost_add', 'attn'):
+        finite = torch.isfinite(expected[name])
+        assert not finite.all(), name  # the pixel is read by some taps
+        assert torch.equal(torch.isfinite(grads[name]), finite), name
+
+
 def test_bf16_runs_close_to_fp32():
     ks, dilation = 3, 1
     t = make_inputs(2, 8, 2, 9, 10, ks, 'mul+add', dtype=torch.bfloat16, seed=12,

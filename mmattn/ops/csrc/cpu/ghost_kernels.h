@@ -2,7 +2,6 @@
 // vectorised row kernels (ghost_vec.h), compiled once per CPU capability like na2d's
 // (na2d_kernels.h) and picked with the same run-time choice (cpu_build()).
 #pragma once
-#include <algorithm>
 #include <cstdint>
 
 namespace mmattn {

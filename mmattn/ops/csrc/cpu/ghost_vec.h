@@ -347,7 +347,10 @@ inline void ghost_grad_vector(const T* grad, int64_t HW, const T* xr, int64_t pl
   for (int c = 0; c < CB; ++c) {
     const V gv = in_register(kTail ? lanes.load(grad + c * HW) : V::loadu(grad + c * HW));
     for (int n = 0; n < NT; ++n) {
-      const V prod = gv * V::loadu(xr + c * plane + n * d);
+      // the tail's unused lanes read past the row: masked, so that an infinite pixel there
+      // cannot turn the lane sums into NaN (0 * inf)
+      const T* x = xr + c * plane + n * d;
+      const V prod = gv * (kTail ? lanes.load(x) : V::loadu(x));
       sa[c][n] = sa[c][n] + prod;
       sm[c][n] = at::vec::fmadd(prod, a[n], sm[c][n]);
     }
