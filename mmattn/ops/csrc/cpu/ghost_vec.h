@@ -168,13 +168,30 @@ void aggregate_band(const GhostGeometry& g, const PadPlanes& pp, const int64_t* 
   }
 }
 
+// What the aggregation items of one thread share: the padded planes of kChannels channels and
+// the taps' offsets in them.
+template <typename T>
+struct AggregateScratch {
+  PadPlanes pp;
+  Scratch<T> xpad;
+  Scratch<int64_t> off;
+  explicit AggregateScratch(const GhostGeometry& g)
+      : pp(g, kBandRows), xpad(pp.floats<T>(kChannels)), off(g.kk()) {
+    zero_fill(xpad.data(), pp.floats<T>(kChannels));
+    tap_offsets(g, pp, off.data());
+  }
+};
+
 // The aggregation of one band item over all channels of its group, reading x from `src`
 // (forward: x; d_x: d_out) and the attention of tap s at band row t from
 // attn + s * tap_stride + t * W.
 template <typename T>
-void aggregate_item(const GhostGeometry& g, const PadPlanes& pp, const BandItem& it,
+void aggregate_item(const GhostGeometry& g, AggregateScratch<T>& sc, const BandItem& it,
                     const T* src, const T* attn, int64_t tap_stride, const T* mul, const T* add,
-                    T* out, T* xpad, const int64_t* off) {
+                    T* out) {
+  const PadPlanes& pp = sc.pp;
+  T* xpad = sc.xpad.data();
+  const int64_t* off = sc.off.data();
   const int64_t HW = g.H * g.W, kk = g.kk();
   const int64_t c_end = (it.grp + 1) * g.cpg();
   for (int64_t c0 = it.grp * g.cpg(); c0 < c_end; c0 += kChannels) {
@@ -195,16 +212,12 @@ void aggregate_item(const GhostGeometry& g, const PadPlanes& pp, const BandItem&
 
 template <typename T>
 void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
-  const PadPlanes pp(g, kBandRows);
-  Scratch<T> xpad(pp.floats<T>(kChannels));
-  zero_fill(xpad.data(), pp.floats<T>(kChannels));
-  Scratch<int64_t> off(g.kk());
-  tap_offsets(g, pp, off.data());
+  AggregateScratch<T> sc(g);
   const int64_t HW = g.H * g.W;
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     const T* attn = p.attn + (it.b * g.G + it.grp) * g.kk() * HW + it.i0 * g.W;
-    aggregate_item(g, pp, it, p.x, attn, HW, p.mul, p.add, p.out, xpad.data(), off.data());
+    aggregate_item(g, sc, it, p.x, attn, HW, p.mul, p.add, p.out);
   }
 }
 
@@ -235,18 +248,13 @@ void mirrored_attention(const GhostGeometry& g, const T* attn, const BandItem& i
 
 template <typename T>
 void backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, int64_t r1) {
-  const PadPlanes pp(g, kBandRows);
-  Scratch<T> xpad(pp.floats<T>(kChannels));
-  zero_fill(xpad.data(), pp.floats<T>(kChannels));
-  Scratch<int64_t> off(g.kk());
-  tap_offsets(g, pp, off.data());
+  AggregateScratch<T> sc(g);
   const int64_t HW = g.H * g.W, band = kBandRows * g.W;
   Scratch<T> mirrored(g.kk() * band);  // the band's mirrored attention (rows read masked)
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     mirrored_attention(g, p.attn + (it.b * g.G + it.grp) * g.kk() * HW, it, mirrored.data());
-    aggregate_item(g, pp, it, p.grad, mirrored.data(), band, p.mul, p.add, p.out, xpad.data(),
-                   off.data());
+    aggregate_item(g, sc, it, p.grad, mirrored.data(), band, p.mul, p.add, p.out);
   }
 }
 
@@ -265,17 +273,15 @@ inline void with_taps(int64_t n, F&& f) {
   }
 }
 
-// d_attn of NT taps at one vector (`left` lanes inside the row, all of them when >= the width),
-// summed over the group's channels:
+// d_attn of NT taps at one vector (`lanes` of it when kTail), summed over the group's channels:
 //   d_attn[s][j] = sum_c d_out[c][j] * xpad[c][j + shift] * M[c][s]
 // grad: channel 0 at the vector, channel stride HW; xr: channel 0's padded row at the vector's
 // first tap, channel stride `plane`, taps d apart; mul: channel 0's first tap.
 template <typename T, int NT, bool kTail>
 inline void attn_grad_vector(int64_t channels, const T* grad, int64_t HW, const T* xr,
                              int64_t plane, int64_t d, const T* mul, int64_t kk, T* da,
-                             int64_t left) {
+                             const Lanes<T>& lanes) {
   using V = Vectorized<T>;
-  const Lanes<T> lanes(kTail ? left : 1);
   V acc[NT];
   for (int n = 0; n < NT; ++n) acc[n] = V(T(0));
   for (int64_t c = 0; c < channels; ++c) {
@@ -301,6 +307,7 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
   Scratch<T> xpad(pp.floats<T>(g.cpg()));
   zero_fill(xpad.data(), pp.floats<T>(g.cpg()));
   const int64_t HW = g.H * g.W, kk = g.kk(), full = g.W / L * L;
+  const Lanes<T> lanes(full < g.W ? g.W - full : 1);
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     const int64_t c0 = it.grp * g.cpg();
@@ -318,10 +325,10 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
             T* da = da_row + s0 * HW;
             for (int64_t j0 = 0; j0 < full; j0 += L)
               attn_grad_vector<T, NT, false>(g.cpg(), grad + j0, HW, xr + j0, pp.plane, g.d, m,
-                                             kk, da + j0, L);
+                                             kk, da + j0, lanes);
             if (full < g.W)
               attn_grad_vector<T, NT, true>(g.cpg(), grad + full, HW, xr + full, pp.plane, g.d,
-                                            m, kk, da + full, g.W - full);
+                                            m, kk, da + full, lanes);
           });
     }
   }
