@@ -78,6 +78,29 @@ for border, dilation in (('mask', 1), ('mask', 2), ('clamp', 1), ('clamp', 2)):
                                                              rpe=rpe),
                     [q, k, v, rpb, extras['rpe']])
 
+        if border == 'mask':
+            # a separable rpe (each channel depends on the window row or on the window column
+            # only, as SASA's concatenated tables; here interleaved, one channel constant),
+            # which the logits kernels split into 2k dot products per query, and the same with
+            # one entry changed (not separable: the general kernels)
+            rows, cols = rnd(heads, ks, 1, D).expand(-1, -1, ks, -1), rnd(heads, 1, ks, D)
+            by_row = torch.arange(D) % 2 == 0
+            sep = torch.where(by_row, rows, cols.expand(-1, ks, -1, -1)).contiguous()
+            sep[:, :, :, -1] = 0.5
+            broken = sep.clone()
+            broken[1, ks - 1, 0, 0] += 1.0
+            for label, rpe in (('separable', sep), ('non-separable', broken)):
+                compare(f'na2d {label} rpe d{dilation} {H}x{W} D={D}',
+                        lambda q, k, v, rpe, bias: na2d(q, k, v, ks, dilation, rpe=rpe,
+                                                        bias=bias),
+                        lambda q, k, v, rpe, bias: na2d_reference(q, k, v, ks, dilation,
+                                                                  rpe=rpe, bias=bias),
+                        [q, k, v, rpe, bias])
+                compare(f'na2d fused-train {label} rpe d{dilation} {H}x{W} D={D}',
+                        lambda q, k, v, rpe: na2d(q, k, v, ks, dilation, rpe=rpe),
+                        lambda q, k, v, rpe: na2d_reference(q, k, v, ks, dilation, rpe=rpe),
+                        [q, k, v, rpe])
+
         # strided inputs, (B, heads, H, W, D) views of (B, heads, D, H, W) buffers as SASA
         # passes them: outputs and gradients take that layout (clone keeps the strides)
         strided = [rnd(1, heads, D, H, W).permute(0, 1, 3, 4, 2) for _ in range(3)]

@@ -179,6 +179,55 @@ Tensor rpe_grad(const Tensor& ds_s, const Tensor& q_s, const StripGeometry& g, d
       .view({g.heads, g.k, g.k, g.D});
 }
 
+// The separable form of a contiguous rpe (heads, k, k, D), when it has one (na2d_kernels.h):
+// every channel c of every head depends on the window row a only (rpe[h, a, b, c] ==
+// rpe[h, a, 0, c] for all a, b: it goes to rpe_a) or on the window column b only (rpe_b), as
+// with SASA's concatenated row and column tables. Returns (2, heads, k, D), [rpe_a, rpe_b], with
+// zeros in the other table's channels, so rpe = rpe_a + rpe_b exactly; undefined otherwise
+// (and for NaN entries, which compare unequal).
+template <typename T>
+Tensor separable_rpe(const Tensor& rpe) {
+  const int64_t heads = rpe.size(0), k = rpe.size(1), D = rpe.size(3);
+  const T* e = rpe.data_ptr<T>();
+  Tensor sep = at::zeros({2, heads, k, D}, rpe.options());
+  T* ea = sep.data_ptr<T>();
+  T* eb = ea + heads * k * D;
+  auto at_ = [&](int64_t h, int64_t a, int64_t b, int64_t c) {
+    return e[((h * k + a) * k + b) * D + c];
+  };
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t c = 0; c < D; ++c) {
+      bool only_a = true, only_b = true;
+      for (int64_t a = 0; a < k && (only_a || only_b); ++a)
+        for (int64_t b = 0; b < k; ++b) {
+          only_a = only_a && at_(h, a, b, c) == at_(h, a, 0, c);
+          only_b = only_b && at_(h, a, b, c) == at_(h, 0, b, c);
+        }
+      if (!only_a && !only_b) return Tensor();
+      for (int64_t t = 0; t < k; ++t) {
+        if (only_a)
+          ea[(h * k + t) * D + c] = at_(h, t, 0, c);
+        else
+          eb[(h * k + t) * D + c] = at_(h, 0, t, c);
+      }
+    }
+  return sep;
+}
+
+// Sets the rpe of the logits kernels: the separable tables when rpe has that form, else rpe.
+// `sep` keeps the tables alive for the call.
+template <typename T>
+void set_rpe(Na2dBuffers<T>& p, const OptTensor& rpe, Tensor& sep) {
+  if (!rpe.has_value()) return;
+  sep = separable_rpe<T>(*rpe);
+  if (sep.defined()) {
+    p.rpe_a = sep.data_ptr<T>();
+    p.rpe_b = p.rpe_a + sep[0].numel();
+  } else {
+    p.rpe = rpe->data_ptr<T>();
+  }
+}
+
 // An output like `like` (the memory layout of the corresponding input, e.g. SASA's q/k/v views of
 // a (B, heads, D, H, W) conv output), in the compute dtype; the fake kernels use empty_like too.
 Tensor output_like(const Tensor& like) {
@@ -245,7 +294,9 @@ Tensor na2d_qk_cpu(const Tensor& q_in, const Tensor& k_in, const OptTensor& rpb_
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_cpu", [&] {
     Na2dBuffers<scalar_t> p;
     p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
-    p.rpb = ptr<scalar_t>(rpb), p.rpe = ptr<scalar_t>(rpe);
+    p.rpb = ptr<scalar_t>(rpb);
+    Tensor sep;
+    set_rpe(p, rpe, sep);
     p.out = out_s.data_ptr<scalar_t>();
     p.scale = static_cast<scalar_t>(scale);
     p.invalid = -std::numeric_limits<scalar_t>::infinity();
@@ -337,7 +388,9 @@ Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
     Na2dBuffers<scalar_t> p;
     p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
     p.v_s = v_s.data_ptr<scalar_t>();
-    p.rpb = ptr<scalar_t>(rpb), p.rpe = ptr<scalar_t>(rpe), p.bias = ptr<scalar_t>(bias);
+    p.rpb = ptr<scalar_t>(rpb), p.bias = ptr<scalar_t>(bias);
+    Tensor sep;
+    set_rpe(p, rpe, sep);
     set_out(p, out);
     p.scale = static_cast<scalar_t>(scale);
     p.invalid = -std::numeric_limits<scalar_t>::infinity();
@@ -366,7 +419,9 @@ std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor
     Na2dBuffers<scalar_t> p;
     p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
     p.v_s = v_s.data_ptr<scalar_t>();
-    p.rpb = ptr<scalar_t>(rpb), p.rpe = ptr<scalar_t>(rpe);
+    p.rpb = ptr<scalar_t>(rpb);
+    Tensor sep;
+    set_rpe(p, rpe, sep);
     p.attn_s = attn_s.data_ptr<scalar_t>();
     set_out(p, out);
     p.scale = static_cast<scalar_t>(scale);

@@ -43,6 +43,12 @@ struct Na2dBuffers {
   const T* src_s = nullptr;  // strip layout (rows, D, Wp): q (d_k) or d_out (d_v)
   const T* rpb = nullptr;  // (heads, 2k-1, 2k-1)
   const T* rpe = nullptr;  // (heads, k, k, D)
+  // An additively separable rpe of the logits kernels, rpe[h, a, b, c] = rpe_a[h, a, c] +
+  // rpe_b[h, b, c] with one of the two terms zero per (h, c) (SASA's concatenated row and column
+  // tables): both (heads, k, D), set instead of rpe. q . rpe then costs 2k dot products per
+  // query instead of one add per multiply-add of the k*k logits.
+  const T* rpe_a = nullptr;
+  const T* rpe_b = nullptr;
   const T* bias = nullptr;  // (rows, W, k*k)
   T* attn_s = nullptr;      // strip layout (rows, k*k, Wp): the fused kernel's probabilities
   T* out = nullptr;         // (B, heads, H, W, D) with strides os, or strip layout (rows, k*k, Wp)

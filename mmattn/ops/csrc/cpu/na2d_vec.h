@@ -202,8 +202,28 @@ inline void gather(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc
   }
 }
 
+// exp of the softmax's x - max <= 0 (-inf on invalid slots, which the caller blends to 0).
+// AVX-512 float: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 in [-ln2/2, ln2/2],
+// exp(r) by the degree-5 polynomial of ATen's exp_u20 and 2^n by vscalefps: 11 instructions
+// instead of exp_u20's 18, since x <= 0 needs no overflow branch. x is clamped at -87 (exp > the
+// smallest normal float, so no denormals reach the aggregation); NaN propagates.
 template <typename T>
 inline Vectorized<T> vexp(const Vectorized<T>& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 v = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);  // max(c, NaN) is NaN
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);  // ln 2 = hi + lo (Cody-Waite)
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_fmadd_ps(r, _mm512_set1_ps(0.00828929059f), _mm512_set1_ps(0.0418978221f));
+    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(0.166676521f));
+    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(0.499991506f));
+    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(0.999999701f));
+    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+  }
+#endif
   if constexpr (std::is_same_v<T, float>) return x.exp_u20();
   else return x.exp();
 }
@@ -323,10 +343,11 @@ void query_aggregate(const StripGeometry& g, const RowInfo& ri, int64_t j, const
 
 // Scale, rpb and the border mask on the logits acc[0..nb) of window row a, columns b0.., of the L
 // queries j0.. of one row; stored into lg[t*L + lane].
+// `sep`: the separable rpe terms of the row's query vector (separable_rpe_terms), or null.
 template <typename T>
 inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
                          int64_t a, int64_t b0, int nb, int64_t j0, bool masked,
-                         const Vectorized<T>* acc, T* lg) {
+                         const Vectorized<T>* acc, T* lg, const T* sep = nullptr) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k, r = g.r(), R = g.R();
@@ -334,11 +355,66 @@ inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const 
   const V vscale(p.scale), vinvalid(p.invalid);
   for (int bb = 0; bb < nb; ++bb) {
     const int64_t b = b0 + bb;
-    V x = acc[bb] * vscale;
+    V x = sep ? at::vec::fmadd(acc[bb], vscale,
+                               V::loadu(sep + a * L) + V::loadu(sep + (k + b) * L))
+              : acc[bb] * vscale;
     if (rpb) x = x + V(rpb[b]);
     if (masked) x = V::blendv(vinvalid, x, column_mask<T>(j0, (b - r) * g.d, g.W));
     x.store(lg + (a * k + b) * L);
   }
+}
+
+// acc[b] = sum_c q[c*Wp] * tab[b*D + c]   for b < NB: the L queries' dot products with NB rows
+// of a (., D) table.
+template <typename T, int NB>
+inline void table_block(const T* q, const T* tab, int64_t D, int64_t Wp, Vectorized<T>* acc) {
+  using V = Vectorized<T>;
+  V s[NB];
+  for (int b = 0; b < NB; ++b) s[b] = V(T(0));
+  for (int64_t c = 0; c < D; ++c) {
+    const V qv = V::loadu(q + c * Wp);
+    for (int b = 0; b < NB; ++b) s[b] = at::vec::fmadd(qv, V(tab[b * D + c]), s[b]);
+  }
+  for (int b = 0; b < NB; ++b) acc[b] = s[b];
+}
+
+template <typename T>
+inline void table_dots(const T* q, const T* tab, int64_t D, int64_t Wp, int nb,
+                       Vectorized<T>* acc) {
+  switch (nb) {
+    case 1: return table_block<T, 1>(q, tab, D, Wp, acc);
+    case 2: return table_block<T, 2>(q, tab, D, Wp, acc);
+    case 3: return table_block<T, 3>(q, tab, D, Wp, acc);
+    case 4: return table_block<T, 4>(q, tab, D, Wp, acc);
+    case 5: return table_block<T, 5>(q, tab, D, Wp, acc);
+    case 6: return table_block<T, 6>(q, tab, D, Wp, acc);
+    case 7: return table_block<T, 7>(q, tab, D, Wp, acc);
+    default: return table_block<T, 8>(q, tab, D, Wp, acc);
+  }
+}
+
+// The separable rpe's logit terms of the L queries at q (head h): sep[a*L + lane] =
+// scale * q . rpe_a[h, a] and sep[(k + b)*L + lane] = scale * q . rpe_b[h, b], 2k vectors; null
+// when the rpe is not separable (na2d_kernels.h). The logit of slot (a, b) is then
+// scale * q . k + sep[a] + sep[k + b].
+template <typename T>
+const T* separable_rpe_terms(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t h,
+                             const T* q, T* sep) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  if (!p.rpe_a) return nullptr;
+  const int64_t k = g.k, D = g.D;
+  const V vscale(p.scale);
+  V acc[kBlock];
+  for (int t = 0; t < 2; ++t) {
+    const T* tab = (t == 0 ? p.rpe_a : p.rpe_b) + h * k * D;
+    for (int64_t a0 = 0; a0 < k; a0 += kBlock) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - a0));
+      table_dots<T>(q, tab + a0 * D, D, g.Wp, nb, acc);
+      for (int b = 0; b < nb; ++b) (acc[b] * vscale).store(sep + (t * k + a0 + b) * L);
+    }
+  }
+  return sep;
 }
 
 // Whether the lanes of the query vector at j0 have taps outside the map ('mask' border).
@@ -348,14 +424,16 @@ inline bool masked_vector(const StripGeometry& g, int64_t j0, int64_t L) {
 }
 
 // Logits of the L queries j0.. of one row into lg[t*L + lane]; invalid slots get p.invalid.
+// `sep`: scratch for separable_rpe_terms, 2k vectors.
 template <typename T>
 void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
-                  int64_t j0, T* lg) {
+                  int64_t j0, T* lg, T* sep) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k;
   const bool masked = masked_vector(g, j0, L);
   const T* q = strip_col(p.q_s, ri.row, g.D, g, j0);
+  const T* terms = separable_rpe_terms<T>(g, p, ri.h, q, sep);
   const V vinvalid(p.invalid);
   V acc[kBlock];
   for (int64_t a = 0; a < k; ++a) {
@@ -372,7 +450,7 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
         dots<T, true>(q, kr + b0 * g.d, rpe + b0 * g.D, g.D, g.Wp, g.d, nb, acc);
       else
         dots<T, false>(q, kr + b0 * g.d, nullptr, g.D, g.Wp, g.d, nb, acc);
-      store_logits<T>(g, p, ri, a, b0, nb, j0, masked, acc, lg);
+      store_logits<T>(g, p, ri, a, b0, nb, j0, masked, acc, lg, terms);
     }
   }
 }
@@ -415,7 +493,7 @@ inline void for_row_pairs(const StripGeometry& g, int64_t r0, int64_t r1, One&& 
 // strip_logits of a leads_pair pair of rows (ri0, ri1) at once: lg0 and lg1.
 template <typename T>
 void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri0,
-                   const RowInfo& ri1, int64_t j0, T* lg0, T* lg1) {
+                   const RowInfo& ri1, int64_t j0, T* lg0, T* lg1, T* sep) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   constexpr int NB = pair_block<T>();
@@ -423,6 +501,8 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
   const bool masked = masked_vector(g, j0, L);
   const T* q0 = strip_col(p.q_s, ri0.row, D, g, j0);
   const T* q1 = strip_col(p.q_s, ri1.row, D, g, j0);
+  const T* terms0 = separable_rpe_terms<T>(g, p, ri0.h, q0, sep);
+  const T* terms1 = separable_rpe_terms<T>(g, p, ri1.h, q1, sep + 2 * k * L);
   const V vinvalid(p.invalid);
   V acc0[kBlock], acc1[kBlock];
   for (int64_t a = 0; a <= k; ++a) {  // key row a of row 0 = key row a - 1 of row 1
@@ -446,8 +526,8 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
                          acc1);
         else
           dots2<T, false>(q0, q1, kr + b0 * g.d, nullptr, nullptr, D, g.Wp, g.d, nb, acc0, acc1);
-        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0);
-        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc1, lg1);
+        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0, terms0);
+        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc1, lg1, terms1);
         continue;
       }
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
@@ -458,9 +538,9 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
       else
         dots<T, false>(q, kr + b0 * g.d, nullptr, D, g.Wp, g.d, nb, acc0);
       if (in0)
-        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0);
+        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0, terms0);
       else
-        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc0, lg1);
+        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc0, lg1, terms1);
     }
   }
 }
@@ -529,7 +609,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
   constexpr int64_t L = V::size();
   constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
-  Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
+  Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk), sep(4 * k * L);
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
   Scratch<Tap2<T>> taps2(kk);
   V acc0[kBlock], acc1[kBlock];
@@ -549,7 +629,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
     T* attn_row = attn_row_of(ri.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      strip_logits<T>(g, p, ri, j0, lg0.data());
+      strip_logits<T>(g, p, ri, j0, lg0.data(), sep.data());
       const V inv = softmax_vector<T>(g, p, ri, j0, lg0.data());
       int64_t n = 0;
       for (int64_t a = 0; a < k; ++a) {
@@ -573,7 +653,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
     T *attn0 = attn_row_of(ri0.row), *attn1 = attn_row_of(ri1.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data());
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), sep.data());
       const V inv0 = softmax_vector<T>(g, p, ri0, j0, lg0.data());
       const V inv1 = softmax_vector<T>(g, p, ri1, j0, lg1.data());
       // taps in the order of one_row for each row: row 0's window row 0 alone, the shared key
@@ -615,7 +695,7 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg0(kk * L), lg1(kk * L), one(kk);
+  Scratch<T> lg0(kk * L), lg1(kk * L), one(kk), sep(4 * g.k * L);
   auto store = [&](int64_t row, int64_t j0, const T* lg) {  // strip layout (kk, Wp)
     T* out = p.out + row * kk * g.Wp + g.P + j0;
     for (int64_t t = 0; t < kk; ++t) V::loadu(lg + t * L).store(out + t * g.Wp);
@@ -631,14 +711,14 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
   };
   auto one_row = [&](const RowInfo& ri) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits<T>(g, p, ri, j0, lg0.data());
+      strip_logits<T>(g, p, ri, j0, lg0.data(), sep.data());
       store(ri.row, j0, lg0.data());
     }
     border(ri);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data());
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), sep.data());
       store(ri0.row, j0, lg0.data());
       store(ri1.row, j0, lg1.data());
     }
@@ -762,7 +842,7 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg0(kk * L), lg1(kk * L);
+  Scratch<T> lg0(kk * L), lg1(kk * L), sep(4 * g.k * L);
   auto finish = [&](int64_t row, int64_t j0, const T* lg) {  // lg: dP of the vector at j0
     const T* pr = p.w_s + row * kk * g.Wp + g.P + j0;
     T* out = p.out + row * kk * g.Wp + g.P + j0;
@@ -774,14 +854,14 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
   };
   auto one_row = [&](const RowInfo& ri) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits<T>(g, p, ri, j0, lg0.data());
+      strip_logits<T>(g, p, ri, j0, lg0.data(), sep.data());
       finish(ri.row, j0, lg0.data());
     }
     zero_padding<T>(g, p.out + ri.row * kk * g.Wp + g.P, kk);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data());
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), sep.data());
       finish(ri0.row, j0, lg0.data());
       finish(ri1.row, j0, lg1.data());
     }
