@@ -56,7 +56,8 @@ class SASABottleneck(BaseModule):
         out = self.relu(self.bn2(out))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return out + identity
+        out += identity  # bn3 output, not needed by its backward
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:

@@ -65,7 +65,13 @@ def na2d_case(B: int, heads: int, H: int, W: int, D: int, k: int, border: str = 
             x = torch.randn(B, 3 * heads * D, H, W, generator=g, dtype=dtype).to(device)
             t = {n: part.view(B, heads, D, H, W).permute(0, 1, 3, 4, 2)
                  for n, part in zip(('q', 'k', 'v'), x.split(heads * D, dim=1))}
-            t['rpe'] = (0.1 * torch.randn(heads, k, k, D, generator=g, dtype=dtype)).to(device)
+            # SASAAttention.relative_embedding: row table (first D/2 channels) and column
+            # table (the rest), concatenated, which the CPU kernels take as separable
+            rel_h, rel_w = (0.1 * torch.randn(heads, k, D // 2, generator=g, dtype=dtype)
+                            for _ in range(2))
+            rpe = torch.cat([rel_h[:, :, None].expand(heads, k, k, D // 2),
+                             rel_w[:, None].expand(heads, k, k, D - D // 2)], dim=-1)
+            t['rpe'] = rpe.contiguous().to(device)
             return t
         t = {n: torch.randn(B, heads, H, W, D, generator=g, dtype=dtype).to(device)
              for n in ('q', 'k', 'v')}

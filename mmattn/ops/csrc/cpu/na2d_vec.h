@@ -560,17 +560,22 @@ Vectorized<T> softmax_vector(const StripGeometry& g, const Na2dBuffers<T>& p, co
     for (int64_t l = 0; l < nv; ++l)
       for (int64_t t = 0; t < kk; ++t) lg[t * L + l] += bias[l * kk + t];
   }
-  V m(ninf);
-  for (int64_t t = 0; t < kk; ++t) m = at::vec::maximum(m, V::loadu(lg + t * L));
-  V sum(T(0));
+  // Four independent running maxima and sums (slot t goes to t % 4): a single chain of k*k
+  // dependent adds would bound the kernel by the add latency when D is small.
+  constexpr int kChains = 4;
+  V m[kChains], sum[kChains];
+  for (int u = 0; u < kChains; ++u) m[u] = V(ninf), sum[u] = V(T(0));
+  for (int64_t t = 0; t < kk; ++t)
+    m[t % kChains] = at::vec::maximum(m[t % kChains], V::loadu(lg + t * L));
+  const V mx = at::vec::maximum(at::vec::maximum(m[0], m[1]), at::vec::maximum(m[2], m[3]));
   for (int64_t t = 0; t < kk; ++t) {
     const V x = V::loadu(lg + t * L);
     // exp(-inf - m) is 0 for a masked slot; the blend keeps it exactly 0.
-    const V e = V::blendv(V(T(0)), vexp<T>(x - m), x != V(ninf));
+    const V e = V::blendv(V(T(0)), vexp<T>(x - mx), x != V(ninf));
     e.store(lg + t * L);
-    sum = sum + e;
+    sum[t % kChains] = sum[t % kChains] + e;
   }
-  return V(T(1)) / sum;
+  return V(T(1)) / ((sum[0] + sum[1]) + (sum[2] + sum[3]));
 }
 
 // The probabilities of the L queries j0.. (exps lg times inv) into the strip row attn_row.
