@@ -163,3 +163,28 @@ def test_capability_build_matches_reference(capability):
     for name, (err64, err32) in result['errors'].items():
         assert err64 < 1e-9, f'{capability} {name}: float64 error {err64:.3g}'
         assert err32 < 1e-4, f'{capability} {name}: float32 relative error {err32:.3g}'
+
+
+def test_reused_strip_buffers_hold_no_stale_data():
+    """The entry points reuse their input strips' memory from call to call (per thread): calls
+    of shrinking and growing maps, both dtypes and both borders, each forward and backward
+    against the reference, so padding or rows left over from a larger call would show."""
+    from mmattn.ops import na2d, na2d_reference
+    torch.manual_seed(0)
+    for dtype in (torch.float64, torch.float32):
+        tol = 1e-9 if dtype == torch.float64 else 1e-4
+        for (H, W, D, border) in ((12, 40, 8, 'mask'), (5, 9, 3, 'mask'), (7, 21, 6, 'clamp'),
+                                  (9, 33, 16, 'mask'), (6, 11, 4, 'clamp')):
+            # non-zero, large values everywhere, so stale strip contents would not cancel
+            q, k, v = (torch.randn(1, 2, H, W, D, dtype=dtype).add_(3).requires_grad_()
+                       for _ in range(3))
+            rpe = torch.randn(2, 5, 5, D, dtype=dtype) if border == 'mask' else None
+            out = na2d(q, k, v, 5, border=border, rpe=rpe)
+            grads = torch.autograd.grad(out.sum(), (q, k, v))
+            ref = na2d_reference(q, k, v, 5, border=border, rpe=rpe)
+            ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
+            scale = ref.abs().max().item()
+            assert (out - ref).abs().max().item() <= tol * scale, (dtype, H, W, D, border)
+            for a, b in zip(grads, ref_grads):
+                assert (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item()), \
+                    (dtype, H, W, D, border)

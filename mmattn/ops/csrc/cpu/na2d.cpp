@@ -123,9 +123,24 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
   });
 }
 
-Tensor to_strip(const Tensor& x_in, const StripGeometry& g) {
+// The memory of an entry point's input strips, reused from call to call by the calling thread:
+// a fresh buffer of this size is a fresh mmap whose pages the kernel faults in and zeroes on
+// every call, which took about as long as the D=32 kernel itself (README). `slot` (0..3) is the
+// input's place in its entry point; the strips never outlive the call (outputs are copies or
+// new tensors), and every copy rewrites the whole strip, padding included. Each thread keeps
+// the largest strips it has used per slot and dtype until it exits.
+Tensor strip_buffer(int slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  thread_local Tensor cache[4][2];  // [slot][float, double]
+  Tensor& t = cache[slot][opts.dtype() == at::kDouble ? 1 : 0];
+  int64_t n = 1;
+  for (const int64_t s : sizes) n *= s;
+  if (!t.defined() || t.numel() < n) t = at::empty({n}, opts);
+  return t.narrow(0, 0, n).view(sizes);
+}
+
+Tensor to_strip(const Tensor& x_in, const StripGeometry& g, int slot) {
   const Tensor x = x_in.scalar_type() == compute_type(x_in) ? x_in : x_in.to(compute_type(x_in));
-  Tensor s = at::empty({g.B, g.heads, g.H, x.size(4), g.Wp}, x.options());
+  Tensor s = strip_buffer(slot, {g.B, g.heads, g.H, x.size(4), g.Wp}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "na2d_to_strip", [&] {
     copy_to_strip<scalar_t>(x, s, g);
   });
@@ -288,7 +303,7 @@ Tensor na2d_qk_cpu(const Tensor& q_in, const Tensor& k_in, const OptTensor& rpb_
   check_na2d_qkv(q_in, k_in, kernel_size, dilation, clamp);
   check_na2d_extras(q_in, rpb_in, rpe_in, std::nullopt, kernel_size, clamp);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
-  const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g);
+  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in);
   Tensor out_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_cpu", [&] {
@@ -312,7 +327,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_qk_backward_cpu(
   check_na2d_attn(grad_in, q_in, kernel_size);
   check_na2d_extras(q_in, std::nullopt, rpe_in, std::nullopt, kernel_size, clamp);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
-  const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g), w_s = to_strip(grad_in, g);
+  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
+               w_s = to_strip(grad_in, g, 2);
   const Tensor grad = clamp ? compute_dtype(grad_in) : Tensor();  // the border fix-ups' input
   const OptTensor rpe = compute_dtype(rpe_in);
   const auto opts = q_s.options();
@@ -333,7 +349,7 @@ Tensor na2d_av_cpu(const Tensor& attn_in, const Tensor& v_in, int64_t kernel_siz
   check_na2d_qkv(v_in, v_in, kernel_size, dilation, clamp);
   check_na2d_attn(attn_in, v_in, kernel_size);
   const StripGeometry g = strip_geometry(v_in, kernel_size, dilation, clamp);
-  const Tensor w_s = to_strip(attn_in, g), v_s = to_strip(v_in, g);
+  const Tensor w_s = to_strip(attn_in, g, 0), v_s = to_strip(v_in, g, 1);
   const Tensor attn = clamp ? compute_dtype(attn_in) : Tensor();
   Tensor out = output_like(v_in);
   AT_DISPATCH_FLOATING_TYPES(v_s.scalar_type(), "na2d_av_cpu", [&] {
@@ -352,7 +368,8 @@ std::tuple<Tensor, Tensor> na2d_av_backward_cpu(const Tensor& grad_in, const Ten
   check_na2d_qkv(v_in, grad_in, kernel_size, dilation, clamp);
   check_na2d_attn(attn_in, v_in, kernel_size);
   const StripGeometry g = strip_geometry(v_in, kernel_size, dilation, clamp);
-  const Tensor g_s = to_strip(grad_in, g), v_s = to_strip(v_in, g), w_s = to_strip(attn_in, g);
+  const Tensor g_s = to_strip(grad_in, g, 0), v_s = to_strip(v_in, g, 1),
+               w_s = to_strip(attn_in, g, 2);
   const Tensor attn = clamp ? compute_dtype(attn_in) : Tensor();
   Tensor dattn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, v_s.options());
   Tensor dv = output_like(v_in);
@@ -380,7 +397,8 @@ Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
   check_na2d_qkv(q_in, v_in, kernel_size, dilation, clamp);
   check_na2d_extras(q_in, rpb_in, rpe_in, bias_in, kernel_size, clamp);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
-  const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g), v_s = to_strip(v_in, g);
+  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
+               v_s = to_strip(v_in, g, 2);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in),
                   bias = compute_dtype(bias_in);
   Tensor out = output_like(q_in);
@@ -411,7 +429,8 @@ std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor
   check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
   check_na2d_extras(q_in, rpb_in, rpe_in, std::nullopt, kernel_size, false);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
-  const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g), v_s = to_strip(v_in, g);
+  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
+               v_s = to_strip(v_in, g, 2);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in);
   Tensor out = output_like(q_in);
   Tensor attn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
@@ -448,8 +467,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu
                   attn_s_in.is_contiguous() && attn_s_in.scalar_type() == compute_type(q_in),
               "na2d_fused_train_backward: attn_s must be the contiguous (B, heads, H, k*k, Wp) "
               "probabilities of na2d_fused_train, got ", attn_s_in.sizes());
-  const Tensor q_s = to_strip(q_in, g), k_s = to_strip(k_in, g), v_s = to_strip(v_in, g),
-               g_s = to_strip(grad_in, g);
+  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
+               v_s = to_strip(v_in, g, 2), g_s = to_strip(grad_in, g, 3);
   const OptTensor rpe = compute_dtype(rpe_in);
   const auto opts = q_s.options();
   Tensor ds_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, opts);
