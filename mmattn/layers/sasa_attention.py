@@ -46,6 +46,14 @@ def _gather_offsets(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.gather(-1, index.expand(*table.shape[:-1], index.shape[-1]))
 
 
+def concat_relative_embedding(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    """``rpe`` of ``na2d`` from the row and column tables, both (heads, k, d/2):
+    (heads, k, k, d), ``rpe[h, u, v] = concat(rel_h[h, u], rel_w[h, v])``."""
+    h, k, half = rel_h.shape
+    return torch.cat([rel_h[:, :, None, :].expand(h, k, k, half),
+                      rel_w[:, None, :, :].expand(h, k, k, rel_w.shape[-1])], dim=-1)
+
+
 class SASAAttention(BaseModule):
     """SASA local self-attention over a ``kernel_size x kernel_size`` centred window.
 
@@ -92,9 +100,7 @@ class SASAAttention(BaseModule):
 
     def relative_embedding(self) -> torch.Tensor:
         """``rpe`` of ``na2d``: (heads, k, k, d), ``rpe[h,u,v] = concat(rel_h[h,u], rel_w[h,v])``."""
-        h, k, half = self.rel_h.shape
-        return torch.cat([self.rel_h[:, :, None, :].expand(h, k, k, half),
-                          self.rel_w[:, None, :, :].expand(h, k, k, half)], dim=-1)
+        return concat_relative_embedding(self.rel_h, self.rel_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape

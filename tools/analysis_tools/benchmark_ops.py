@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from mmattn.layers.sasa_attention import concat_relative_embedding  # noqa: E402
 from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,  # noqa: E402
                         has_compiled_ops, na2d, na2d_reference)
 from mmattn.utils.benchmark import cpu_memory_env, interleaved_medians, peak_mib  # noqa: E402
@@ -65,13 +66,11 @@ def na2d_case(B: int, heads: int, H: int, W: int, D: int, k: int, border: str = 
             x = torch.randn(B, 3 * heads * D, H, W, generator=g, dtype=dtype).to(device)
             t = {n: part.view(B, heads, D, H, W).permute(0, 1, 3, 4, 2)
                  for n, part in zip(('q', 'k', 'v'), x.split(heads * D, dim=1))}
-            # SASAAttention.relative_embedding: row table (first D/2 channels) and column
-            # table (the rest), concatenated, which the CPU kernels take as separable
+            # as SASAAttention builds it: row and column tables concatenated, which the CPU
+            # kernels take as separable
             rel_h, rel_w = (0.1 * torch.randn(heads, k, D // 2, generator=g, dtype=dtype)
                             for _ in range(2))
-            rpe = torch.cat([rel_h[:, :, None].expand(heads, k, k, D // 2),
-                             rel_w[:, None].expand(heads, k, k, D - D // 2)], dim=-1)
-            t['rpe'] = rpe.contiguous().to(device)
+            t['rpe'] = concat_relative_embedding(rel_h, rel_w).contiguous().to(device)
             return t
         t = {n: torch.randn(B, heads, H, W, D, generator=g, dtype=dtype).to(device)
              for n in ('q', 'k', 'v')}

@@ -347,7 +347,7 @@ void query_aggregate(const StripGeometry& g, const RowInfo& ri, int64_t j, const
 template <typename T>
 inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
                          int64_t a, int64_t b0, int nb, int64_t j0, bool masked,
-                         const Vectorized<T>* acc, T* lg, const T* sep = nullptr) {
+                         const Vectorized<T>* acc, T* lg, const T* sep) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k, r = g.r(), R = g.R();
