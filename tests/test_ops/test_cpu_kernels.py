@@ -166,9 +166,11 @@ def test_capability_build_matches_reference(capability):
 
 
 def test_reused_strip_buffers_hold_no_stale_data():
-    """The entry points reuse their input strips' memory from call to call (per thread): calls
-    of shrinking and growing maps, both dtypes and both borders, each forward and backward
-    against the reference, so padding or rows left over from a larger call would show."""
+    """The entry points reuse their strips' and temporaries' memory from call to call (per
+    thread): calls of shrinking and growing maps, both dtypes and both borders ('mask' runs the
+    fused training ops, 'clamp' na2d_qk -> softmax -> na2d_av), each forward and backward with
+    rpb (and rpe for 'mask') against the reference, so padding, rows or d_rpb partials left over
+    from a larger call would show."""
     from mmattn.ops import na2d, na2d_reference
     torch.manual_seed(0)
     for dtype in (torch.float64, torch.float32):
@@ -178,13 +180,16 @@ def test_reused_strip_buffers_hold_no_stale_data():
             # non-zero, large values everywhere, so stale strip contents would not cancel
             q, k, v = (torch.randn(1, 2, H, W, D, dtype=dtype).add_(3).requires_grad_()
                        for _ in range(3))
-            rpe = torch.randn(2, 5, 5, D, dtype=dtype) if border == 'mask' else None
-            out = na2d(q, k, v, 5, border=border, rpe=rpe)
-            grads = torch.autograd.grad(out.sum(), (q, k, v))
-            ref = na2d_reference(q, k, v, 5, border=border, rpe=rpe)
-            ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
+            rpb = torch.randn(2, 9, 9, dtype=dtype).requires_grad_()
+            rpe = (torch.randn(2, 5, 5, D, dtype=dtype).requires_grad_() if border == 'mask'
+                   else None)
+            inputs = (q, k, v, rpb) + ((rpe, ) if rpe is not None else ())
+            out = na2d(q, k, v, 5, border=border, rpb=rpb, rpe=rpe)
+            grads = torch.autograd.grad(out.sum(), inputs)
+            ref = na2d_reference(q, k, v, 5, border=border, rpb=rpb, rpe=rpe)
+            ref_grads = torch.autograd.grad(ref.sum(), inputs)
             scale = ref.abs().max().item()
             assert (out - ref).abs().max().item() <= tol * scale, (dtype, H, W, D, border)
-            for a, b in zip(grads, ref_grads):
+            for name, a, b in zip('q k v rpb rpe'.split(), grads, ref_grads):
                 assert (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item()), \
-                    (dtype, H, W, D, border)
+                    (name, dtype, H, W, D, border)

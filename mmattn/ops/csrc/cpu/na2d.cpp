@@ -19,6 +19,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "../common/window.h"
 #include "../ops.h"
@@ -123,19 +124,31 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
   });
 }
 
-// The memory of an entry point's input strips, reused from call to call by the calling thread:
-// a fresh buffer of this size is a fresh mmap whose pages the kernel faults in and zeroes on
-// every call, which took about as long as the D=32 kernel itself (README). `slot` (0..3) is the
-// input's place in its entry point; the strips never outlive the call (outputs are copies or
-// new tensors), and every copy rewrites the whole strip, padding included. Each thread keeps
-// the largest strips it has used per slot and dtype until it exits.
+// The memory of an entry point's strips and other temporaries, reused from call to call by the
+// calling thread: a fresh buffer of this size is a fresh mmap whose pages the kernel faults in
+// and zeroes on every call, which took about as long as the D=32 kernel itself (README). `slot`
+// (0..kScratchSlots-1) is the buffer's place in its entry point; a buffer never outlives the call
+// (what is returned is a copy, a reduction or a new tensor), and every use rewrites the part it
+// reads (strip copies write their padding too; accumulators are zeroed). Each thread keeps the
+// largest buffer it has used per slot and dtype until it exits.
+constexpr int kScratchSlots = 6;
+
 Tensor strip_buffer(int slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  thread_local Tensor cache[4][2];  // [slot][float, double]
+  TORCH_INTERNAL_ASSERT(slot >= 0 && slot < kScratchSlots);
+  thread_local Tensor cache[kScratchSlots][2];  // [slot][float, double]
   Tensor& t = cache[slot][opts.dtype() == at::kDouble ? 1 : 0];
   int64_t n = 1;
   for (const int64_t s : sizes) n *= s;
   if (!t.defined() || t.numel() < n) t = at::empty({n}, opts);
   return t.narrow(0, 0, n).view(sizes);
+}
+
+// The zeroed per-row d_rpb partials (B, heads, H, R, R) of the backward kernels, in scratch
+// slot `slot`; undefined when d_rpb is not asked for.
+Tensor rpb_partials(bool with_rpb, const StripGeometry& g, const at::TensorOptions& opts,
+                    int slot) {
+  if (!with_rpb) return Tensor();
+  return strip_buffer(slot, {g.B, g.heads, g.H, g.R(), g.R()}, opts).zero_();
 }
 
 Tensor to_strip(const Tensor& x_in, const StripGeometry& g, int slot) {
@@ -197,19 +210,22 @@ Tensor rpe_grad(const Tensor& ds_s, const Tensor& q_s, const StripGeometry& g, d
 // The separable form of a contiguous rpe (heads, k, k, D), when it has one (na2d_kernels.h):
 // every channel c of every head depends on the window row a only (rpe[h, a, b, c] ==
 // rpe[h, a, 0, c] for all a, b: it goes to rpe_a) or on the window column b only (rpe_b), as
-// with SASA's concatenated row and column tables. Returns (2, heads, k, D), [rpe_a, rpe_b], with
-// zeros in the other table's channels, so rpe = rpe_a + rpe_b exactly; undefined otherwise
-// (and for NaN entries, which compare unequal).
+// with SASA's concatenated row and column tables. `tables`: (2, heads, k, D), [rpe_a, rpe_b],
+// with zeros in the other table's channels, so rpe = rpe_a + rpe_b exactly; `ranges`: (heads, 2,
+// 2) int64, the channels [lo, hi) that hold each table's channels (lo = hi when it has none).
+// Both undefined when the rpe is not separable (and for NaN entries, which compare unequal).
+struct SeparableRpe {
+  Tensor tables, ranges;
+};
+
 template <typename T>
-Tensor separable_rpe(const Tensor& rpe) {
+SeparableRpe separable_rpe(const Tensor& rpe) {
   const int64_t heads = rpe.size(0), k = rpe.size(1), D = rpe.size(3);
   const T* e = rpe.data_ptr<T>();
-  Tensor sep = at::zeros({2, heads, k, D}, rpe.options());
-  T* ea = sep.data_ptr<T>();
-  T* eb = ea + heads * k * D;
   auto at_ = [&](int64_t h, int64_t a, int64_t b, int64_t c) {
     return e[((h * k + a) * k + b) * D + c];
   };
+  std::vector<char> in_a(heads * D);  // channel (h, c) goes to rpe_a
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t c = 0; c < D; ++c) {
       bool only_a = true, only_b = true;
@@ -218,26 +234,43 @@ Tensor separable_rpe(const Tensor& rpe) {
           only_a = only_a && at_(h, a, b, c) == at_(h, a, 0, c);
           only_b = only_b && at_(h, a, b, c) == at_(h, 0, b, c);
         }
-      if (!only_a && !only_b) return Tensor();
+      if (!only_a && !only_b) return {};
+      in_a[h * D + c] = only_a;
+    }
+  SeparableRpe sep{at::zeros({2, heads, k, D}, rpe.options()),
+                   at::empty({heads, 2, 2}, rpe.options().dtype(at::kLong))};
+  T* ea = sep.tables.data_ptr<T>();
+  T* eb = ea + heads * k * D;
+  int64_t* range = sep.ranges.data_ptr<int64_t>();
+  for (int64_t h = 0; h < heads; ++h) {
+    int64_t* ra = range + h * 4;  // [lo_a, hi_a, lo_b, hi_b]
+    ra[0] = ra[2] = D, ra[1] = ra[3] = 0;
+    for (int64_t c = 0; c < D; ++c) {
+      const bool to_a = in_a[h * D + c];
+      int64_t* r = ra + (to_a ? 0 : 2);
+      r[0] = std::min(r[0], c), r[1] = std::max(r[1], c + 1);
       for (int64_t t = 0; t < k; ++t) {
-        if (only_a)
+        if (to_a)
           ea[(h * k + t) * D + c] = at_(h, t, 0, c);
         else
           eb[(h * k + t) * D + c] = at_(h, 0, t, c);
       }
     }
+    for (int i = 0; i < 2; ++i) ra[2 * i] = std::min(ra[2 * i], ra[2 * i + 1]);  // empty: lo=hi
+  }
   return sep;
 }
 
 // Sets the rpe of the logits kernels: the separable tables when rpe has that form, else rpe.
 // `sep` keeps the tables alive for the call.
 template <typename T>
-void set_rpe(Na2dBuffers<T>& p, const OptTensor& rpe, Tensor& sep) {
+void set_rpe(Na2dBuffers<T>& p, const OptTensor& rpe, SeparableRpe& sep) {
   if (!rpe.has_value()) return;
   sep = separable_rpe<T>(*rpe);
-  if (sep.defined()) {
-    p.rpe_a = sep.data_ptr<T>();
-    p.rpe_b = p.rpe_a + sep[0].numel();
+  if (sep.tables.defined()) {
+    p.rpe_a = sep.tables.data_ptr<T>();
+    p.rpe_b = p.rpe_a + sep.tables[0].numel();
+    p.rpe_range = sep.ranges.data_ptr<int64_t>();
   } else {
     p.rpe = rpe->data_ptr<T>();
   }
@@ -305,12 +338,12 @@ Tensor na2d_qk_cpu(const Tensor& q_in, const Tensor& k_in, const OptTensor& rpb_
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
   const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in);
-  Tensor out_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
+  Tensor out_s = strip_buffer(2, {g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_cpu", [&] {
     Na2dBuffers<scalar_t> p;
     p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
     p.rpb = ptr<scalar_t>(rpb);
-    Tensor sep;
+    SeparableRpe sep;
     set_rpe(p, rpe, sep);
     p.out = out_s.data_ptr<scalar_t>();
     p.scale = static_cast<scalar_t>(scale);
@@ -333,7 +366,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_qk_backward_cpu(
   const OptTensor rpe = compute_dtype(rpe_in);
   const auto opts = q_s.options();
   Tensor dq = output_like(q_in), dk = output_like(k_in);
-  Tensor rpb_part = with_rpb ? at::zeros({g.B, g.heads, g.H, g.R(), g.R()}, opts) : Tensor();
+  Tensor rpb_part = rpb_partials(with_rpb, g, opts, 3);
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_backward_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     logits_backward<scalar_t>(kernels<scalar_t>(), g, w_s.data_ptr<scalar_t>(),
@@ -371,7 +404,7 @@ std::tuple<Tensor, Tensor> na2d_av_backward_cpu(const Tensor& grad_in, const Ten
   const Tensor g_s = to_strip(grad_in, g, 0), v_s = to_strip(v_in, g, 1),
                w_s = to_strip(attn_in, g, 2);
   const Tensor attn = clamp ? compute_dtype(attn_in) : Tensor();
-  Tensor dattn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, v_s.options());
+  Tensor dattn_s = strip_buffer(3, {g.B, g.heads, g.H, g.kk(), g.Wp}, v_s.options());
   Tensor dv = output_like(v_in);
   AT_DISPATCH_FLOATING_TYPES(v_s.scalar_type(), "na2d_av_backward_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
@@ -407,7 +440,7 @@ Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
     p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
     p.v_s = v_s.data_ptr<scalar_t>();
     p.rpb = ptr<scalar_t>(rpb), p.bias = ptr<scalar_t>(bias);
-    Tensor sep;
+    SeparableRpe sep;
     set_rpe(p, rpe, sep);
     set_out(p, out);
     p.scale = static_cast<scalar_t>(scale);
@@ -439,7 +472,7 @@ std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor
     p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
     p.v_s = v_s.data_ptr<scalar_t>();
     p.rpb = ptr<scalar_t>(rpb);
-    Tensor sep;
+    SeparableRpe sep;
     set_rpe(p, rpe, sep);
     p.attn_s = attn_s.data_ptr<scalar_t>();
     set_out(p, out);
@@ -471,9 +504,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu
                v_s = to_strip(v_in, g, 2), g_s = to_strip(grad_in, g, 3);
   const OptTensor rpe = compute_dtype(rpe_in);
   const auto opts = q_s.options();
-  Tensor ds_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, opts);
+  Tensor ds_s = strip_buffer(4, {g.B, g.heads, g.H, g.kk(), g.Wp}, opts);
   Tensor dq = output_like(q_in), dk = output_like(k_in), dv = output_like(v_in);
-  Tensor rpb_part = with_rpb ? at::zeros({g.B, g.heads, g.H, g.R(), g.R()}, opts) : Tensor();
+  Tensor rpb_part = rpb_partials(with_rpb, g, opts, 5);
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_fused_train_backward_cpu", [&] {
     const Kernels<scalar_t> kn = kernels<scalar_t>();
     const scalar_t* attn_s = attn_s_in.data_ptr<scalar_t>();

@@ -49,6 +49,9 @@ struct Na2dBuffers {
   // query instead of one add per multiply-add of the k*k logits.
   const T* rpe_a = nullptr;
   const T* rpe_b = nullptr;
+  // (heads, 2, 2): the channels [lo, hi) outside which rpe_a (index 0) and rpe_b (index 1) of
+  // each head are zero, so the dot products skip them (SASA: the two halves of D).
+  const int64_t* rpe_range = nullptr;
   const T* bias = nullptr;  // (rows, W, k*k)
   T* attn_s = nullptr;      // strip layout (rows, k*k, Wp): the fused kernel's probabilities
   T* out = nullptr;         // (B, heads, H, W, D) with strides os, or strip layout (rows, k*k, Wp)

@@ -341,12 +341,29 @@ void query_aggregate(const StripGeometry& g, const RowInfo& ri, int64_t j, const
   for (int64_t c = 0; c < g.D; ++c) o[c * sc] *= mul;
 }
 
+// Whether the lanes of the query vector at j0 have taps outside the map ('mask' border).
+inline bool masked_vector(const StripGeometry& g, int64_t j0, int64_t L) {
+  const int64_t nv = std::min<int64_t>(L, g.W - j0);
+  return !g.clamp && (j0 - g.P < 0 || j0 + nv - 1 + g.P >= g.W);
+}
+
+// The border masks of the query vector at j0 for the window columns b (column_mask, k vectors
+// into out[b*L + lane]), or null when none of its taps leaves the map.
+template <typename T>
+inline const T* column_masks(const StripGeometry& g, int64_t j0, T* out) {
+  constexpr int64_t L = Vectorized<T>::size();
+  if (!masked_vector(g, j0, L)) return nullptr;
+  for (int64_t b = 0; b < g.k; ++b) column_mask<T>(j0, (b - g.r()) * g.d, g.W).store(out + b * L);
+  return out;
+}
+
 // Scale, rpb and the border mask on the logits acc[0..nb) of window row a, columns b0.., of the L
 // queries j0.. of one row; stored into lg[t*L + lane].
-// `sep`: the separable rpe terms of the row's query vector (separable_rpe_terms), or null.
+// `sep`: the separable rpe terms of the row's query vector (separable_rpe_terms), or null;
+// `cmask`: the vector's column_masks, or null.
 template <typename T>
 inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
-                         int64_t a, int64_t b0, int nb, int64_t j0, bool masked,
+                         int64_t a, int64_t b0, int nb, const T* cmask,
                          const Vectorized<T>* acc, T* lg, const T* sep) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
@@ -359,19 +376,20 @@ inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const 
                                V::loadu(sep + a * L) + V::loadu(sep + (k + b) * L))
               : acc[bb] * vscale;
     if (rpb) x = x + V(rpb[b]);
-    if (masked) x = V::blendv(vinvalid, x, column_mask<T>(j0, (b - r) * g.d, g.W));
+    if (cmask) x = V::blendv(vinvalid, x, V::loadu(cmask + b * L));
     x.store(lg + (a * k + b) * L);
   }
 }
 
-// acc[b] = sum_c q[c*Wp] * tab[b*D + c]   for b < NB: the L queries' dot products with NB rows
-// of a (., D) table.
+// acc[b] = sum_{c < n} q[c*Wp] * tab[b*D + c]   for b < NB: the L queries' dot products with NB
+// rows of a (., D) table, over its first n channels.
 template <typename T, int NB>
-inline void table_block(const T* q, const T* tab, int64_t D, int64_t Wp, Vectorized<T>* acc) {
+inline void table_block(const T* q, const T* tab, int64_t n, int64_t D, int64_t Wp,
+                        Vectorized<T>* acc) {
   using V = Vectorized<T>;
   V s[NB];
   for (int b = 0; b < NB; ++b) s[b] = V(T(0));
-  for (int64_t c = 0; c < D; ++c) {
+  for (int64_t c = 0; c < n; ++c) {
     const V qv = V::loadu(q + c * Wp);
     for (int b = 0; b < NB; ++b) s[b] = at::vec::fmadd(qv, V(tab[b * D + c]), s[b]);
   }
@@ -379,17 +397,17 @@ inline void table_block(const T* q, const T* tab, int64_t D, int64_t Wp, Vectori
 }
 
 template <typename T>
-inline void table_dots(const T* q, const T* tab, int64_t D, int64_t Wp, int nb,
+inline void table_dots(const T* q, const T* tab, int64_t n, int64_t D, int64_t Wp, int nb,
                        Vectorized<T>* acc) {
   switch (nb) {
-    case 1: return table_block<T, 1>(q, tab, D, Wp, acc);
-    case 2: return table_block<T, 2>(q, tab, D, Wp, acc);
-    case 3: return table_block<T, 3>(q, tab, D, Wp, acc);
-    case 4: return table_block<T, 4>(q, tab, D, Wp, acc);
-    case 5: return table_block<T, 5>(q, tab, D, Wp, acc);
-    case 6: return table_block<T, 6>(q, tab, D, Wp, acc);
-    case 7: return table_block<T, 7>(q, tab, D, Wp, acc);
-    default: return table_block<T, 8>(q, tab, D, Wp, acc);
+    case 1: return table_block<T, 1>(q, tab, n, D, Wp, acc);
+    case 2: return table_block<T, 2>(q, tab, n, D, Wp, acc);
+    case 3: return table_block<T, 3>(q, tab, n, D, Wp, acc);
+    case 4: return table_block<T, 4>(q, tab, n, D, Wp, acc);
+    case 5: return table_block<T, 5>(q, tab, n, D, Wp, acc);
+    case 6: return table_block<T, 6>(q, tab, n, D, Wp, acc);
+    case 7: return table_block<T, 7>(q, tab, n, D, Wp, acc);
+    default: return table_block<T, 8>(q, tab, n, D, Wp, acc);
   }
 }
 
@@ -407,33 +425,32 @@ const T* separable_rpe_terms(const StripGeometry& g, const Na2dBuffers<T>& p, in
   const V vscale(p.scale);
   V acc[kBlock];
   for (int t = 0; t < 2; ++t) {
-    const T* tab = (t == 0 ? p.rpe_a : p.rpe_b) + h * k * D;
+    const int64_t lo = p.rpe_range[(h * 2 + t) * 2], hi = p.rpe_range[(h * 2 + t) * 2 + 1];
+    const T* tab = (t == 0 ? p.rpe_a : p.rpe_b) + h * k * D + lo;
     for (int64_t a0 = 0; a0 < k; a0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - a0));
-      table_dots<T>(q, tab + a0 * D, D, g.Wp, nb, acc);
+      table_dots<T>(q + lo * g.Wp, tab + a0 * D, hi - lo, D, g.Wp, nb, acc);
       for (int b = 0; b < nb; ++b) (acc[b] * vscale).store(sep + (t * k + a0 + b) * L);
     }
   }
   return sep;
 }
 
-// Whether the lanes of the query vector at j0 have taps outside the map ('mask' border).
-inline bool masked_vector(const StripGeometry& g, int64_t j0, int64_t L) {
-  const int64_t nv = std::min<int64_t>(L, g.W - j0);
-  return !g.clamp && (j0 - g.P < 0 || j0 + nv - 1 + g.P >= g.W);
-}
+// The scratch of strip_logits and strip_logits2 (elements): separable rpe terms of two rows and
+// the column masks.
+inline int64_t logits_scratch_size(const StripGeometry& g, int64_t L) { return 5 * g.k * L; }
 
 // Logits of the L queries j0.. of one row into lg[t*L + lane]; invalid slots get p.invalid.
-// `sep`: scratch for separable_rpe_terms, 2k vectors.
+// `scratch`: logits_scratch_size elements.
 template <typename T>
 void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
-                  int64_t j0, T* lg, T* sep) {
+                  int64_t j0, T* lg, T* scratch) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k;
-  const bool masked = masked_vector(g, j0, L);
+  const T* cmask = column_masks<T>(g, j0, scratch + 4 * k * L);
   const T* q = strip_col(p.q_s, ri.row, g.D, g, j0);
-  const T* terms = separable_rpe_terms<T>(g, p, ri.h, q, sep);
+  const T* terms = separable_rpe_terms<T>(g, p, ri.h, q, scratch);
   const V vinvalid(p.invalid);
   V acc[kBlock];
   for (int64_t a = 0; a < k; ++a) {
@@ -450,7 +467,7 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
         dots<T, true>(q, kr + b0 * g.d, rpe + b0 * g.D, g.D, g.Wp, g.d, nb, acc);
       else
         dots<T, false>(q, kr + b0 * g.d, nullptr, g.D, g.Wp, g.d, nb, acc);
-      store_logits<T>(g, p, ri, a, b0, nb, j0, masked, acc, lg, terms);
+      store_logits<T>(g, p, ri, a, b0, nb, cmask, acc, lg, terms);
     }
   }
 }
@@ -493,16 +510,16 @@ inline void for_row_pairs(const StripGeometry& g, int64_t r0, int64_t r1, One&& 
 // strip_logits of a leads_pair pair of rows (ri0, ri1) at once: lg0 and lg1.
 template <typename T>
 void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri0,
-                   const RowInfo& ri1, int64_t j0, T* lg0, T* lg1, T* sep) {
+                   const RowInfo& ri1, int64_t j0, T* lg0, T* lg1, T* scratch) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   constexpr int NB = pair_block<T>();
   const int64_t k = g.k, D = g.D;
-  const bool masked = masked_vector(g, j0, L);
+  const T* cmask = column_masks<T>(g, j0, scratch + 4 * k * L);
   const T* q0 = strip_col(p.q_s, ri0.row, D, g, j0);
   const T* q1 = strip_col(p.q_s, ri1.row, D, g, j0);
-  const T* terms0 = separable_rpe_terms<T>(g, p, ri0.h, q0, sep);
-  const T* terms1 = separable_rpe_terms<T>(g, p, ri1.h, q1, sep + 2 * k * L);
+  const T* terms0 = separable_rpe_terms<T>(g, p, ri0.h, q0, scratch);
+  const T* terms1 = separable_rpe_terms<T>(g, p, ri1.h, q1, scratch + 2 * k * L);
   const V vinvalid(p.invalid);
   V acc0[kBlock], acc1[kBlock];
   for (int64_t a = 0; a <= k; ++a) {  // key row a of row 0 = key row a - 1 of row 1
@@ -526,8 +543,8 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
                          acc1);
         else
           dots2<T, false>(q0, q1, kr + b0 * g.d, nullptr, nullptr, D, g.Wp, g.d, nb, acc0, acc1);
-        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0, terms0);
-        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc1, lg1, terms1);
+        store_logits<T>(g, p, ri0, a, b0, nb, cmask, acc0, lg0, terms0);
+        store_logits<T>(g, p, ri1, a - 1, b0, nb, cmask, acc1, lg1, terms1);
         continue;
       }
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
@@ -538,9 +555,9 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
       else
         dots<T, false>(q, kr + b0 * g.d, nullptr, D, g.Wp, g.d, nb, acc0);
       if (in0)
-        store_logits<T>(g, p, ri0, a, b0, nb, j0, masked, acc0, lg0, terms0);
+        store_logits<T>(g, p, ri0, a, b0, nb, cmask, acc0, lg0, terms0);
       else
-        store_logits<T>(g, p, ri1, a - 1, b0, nb, j0, masked, acc0, lg1, terms1);
+        store_logits<T>(g, p, ri1, a - 1, b0, nb, cmask, acc0, lg1, terms1);
     }
   }
 }
@@ -614,7 +631,8 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
   constexpr int64_t L = V::size();
   constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
-  Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk), sep(4 * k * L);
+  Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
+  Scratch<T> sep(logits_scratch_size(g, L));
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
   Scratch<Tap2<T>> taps2(kk);
   V acc0[kBlock], acc1[kBlock];
@@ -700,7 +718,7 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg0(kk * L), lg1(kk * L), one(kk), sep(4 * g.k * L);
+  Scratch<T> lg0(kk * L), lg1(kk * L), one(kk), sep(logits_scratch_size(g, L));
   auto store = [&](int64_t row, int64_t j0, const T* lg) {  // strip layout (kk, Wp)
     T* out = p.out + row * kk * g.Wp + g.P + j0;
     for (int64_t t = 0; t < kk; ++t) V::loadu(lg + t * L).store(out + t * g.Wp);
@@ -847,7 +865,7 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg0(kk * L), lg1(kk * L), sep(4 * g.k * L);
+  Scratch<T> lg0(kk * L), lg1(kk * L), sep(logits_scratch_size(g, L));
   auto finish = [&](int64_t row, int64_t j0, const T* lg) {  // lg: dP of the vector at j0
     const T* pr = p.w_s + row * kk * g.Wp + g.P + j0;
     T* out = p.out + row * kk * g.Wp + g.P + j0;
