@@ -96,6 +96,18 @@ at::ScalarType compute_type(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// out[0, P) = 0, out[P, P + W) = in[0, W), out[P + W, Wp) = 0 in one pass. The rows are short
+// (W + 2P elements, thousands per call): one memcpy and two memset calls per row (gcc turns
+// these loops into such calls by default) cost about a fifth more than this loop (perf, SASA's
+// first-stage call: 5.4% -> 4.3% of the samples).
+template <typename T>
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void padded_row(
+    T* __restrict out, const T* __restrict in, int64_t P, int64_t W, int64_t Wp) {
+  for (int64_t j = 0; j < P; ++j) out[j] = T(0);
+  for (int64_t j = 0; j < W; ++j) out[P + j] = in[j];
+  for (int64_t j = P + W; j < Wp; ++j) out[j] = T(0);
+}
+
 // (B, heads, H, W, C), any strides -> zero-padded strip layout (B, heads, H, C, Wp): one pass,
 // parallel over the (B, heads, H) planes, each plane's padding zeroed next to its copy.
 template <typename T>
@@ -109,14 +121,13 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
       const int64_t i = row % g.H, bh = row / g.H, b = bh / g.heads, h = bh % g.heads;
       const T* in = src + b * st[0] + h * st[1] + i * st[2];
       T* out = dst + row * C * Wp;
-      for (int64_t c = 0; c < C; ++c) {
-        std::fill(out + c * Wp, out + c * Wp + P, T(0));
-        std::fill(out + c * Wp + P + W, out + (c + 1) * Wp, T(0));
-      }
       if (st[3] == 1) {  // W-contiguous rows (SASA's conv views, or already strip-like)
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(out + c * Wp + P, in + c * st[4], sizeof(T) * W);
-      } else {  // a transpose: read along the inner axis, write C rows of this plane
+        for (int64_t c = 0; c < C; ++c) padded_row<T>(out + c * Wp, in + c * st[4], P, W, Wp);
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          std::fill(out + c * Wp, out + c * Wp + P, T(0));
+          std::fill(out + c * Wp + P + W, out + (c + 1) * Wp, T(0));
+        }  // a transpose: read along the inner axis, write C rows of this plane
         for (int64_t j = 0; j < W; ++j)
           for (int64_t c = 0; c < C; ++c) out[c * Wp + P + j] = in[j * st[3] + c * st[4]];
       }
