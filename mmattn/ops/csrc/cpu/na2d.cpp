@@ -123,11 +123,11 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
       T* out = dst + row * C * Wp;
       if (st[3] == 1) {  // W-contiguous rows (SASA's conv views, or already strip-like)
         for (int64_t c = 0; c < C; ++c) padded_row<T>(out + c * Wp, in + c * st[4], P, W, Wp);
-      } else {
+      } else {  // a transpose: read along the inner axis, write C rows of this plane
         for (int64_t c = 0; c < C; ++c) {
           std::fill(out + c * Wp, out + c * Wp + P, T(0));
           std::fill(out + c * Wp + P + W, out + (c + 1) * Wp, T(0));
-        }  // a transpose: read along the inner axis, write C rows of this plane
+        }
         for (int64_t j = 0; j < W; ++j)
           for (int64_t c = 0; c < C; ++c) out[c * Wp + P + j] = in[j * st[3] + c * st[4]];
       }
