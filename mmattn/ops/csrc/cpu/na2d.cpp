@@ -100,8 +100,13 @@ at::ScalarType compute_type(const Tensor& t) {
 // (W + 2P elements, thousands per call): one memcpy and two memset calls per row (gcc turns
 // these loops into such calls by default) cost about a fifth more than this loop (perf, SASA's
 // first-stage call: 5.4% -> 4.3% of the samples).
+#if defined(__GNUC__) && !defined(__clang__)
+#define MMATTN_NO_LIBCALL_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define MMATTN_NO_LIBCALL_LOOPS
+#endif
 template <typename T>
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void padded_row(
+MMATTN_NO_LIBCALL_LOOPS inline void padded_row(
     T* __restrict out, const T* __restrict in, int64_t P, int64_t W, int64_t Wp) {
   for (int64_t j = 0; j < P; ++j) out[j] = T(0);
   for (int64_t j = 0; j < W; ++j) out[P + j] = in[j];

@@ -436,9 +436,12 @@ const T* separable_rpe_terms(const StripGeometry& g, const Na2dBuffers<T>& p, in
   return sep;
 }
 
-// The scratch of strip_logits and strip_logits2 (elements): separable rpe terms of two rows and
-// the column masks.
-inline int64_t logits_scratch_size(const StripGeometry& g, int64_t L) { return 5 * g.k * L; }
+// The scratch of strip_logits and strip_logits2 (elements, L lanes): the separable rpe terms of
+// two rows (2k vectors each), then the column masks (k vectors) from logits_mask_offset on.
+inline int64_t logits_mask_offset(const StripGeometry& g, int64_t L) { return 4 * g.k * L; }
+inline int64_t logits_scratch_size(const StripGeometry& g, int64_t L) {
+  return logits_mask_offset(g, L) + g.k * L;
+}
 
 // Logits of the L queries j0.. of one row into lg[t*L + lane]; invalid slots get p.invalid.
 // `scratch`: logits_scratch_size elements.
@@ -448,7 +451,7 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k;
-  const T* cmask = column_masks<T>(g, j0, scratch + 4 * k * L);
+  const T* cmask = column_masks<T>(g, j0, scratch + logits_mask_offset(g, L));
   const T* q = strip_col(p.q_s, ri.row, g.D, g, j0);
   const T* terms = separable_rpe_terms<T>(g, p, ri.h, q, scratch);
   const V vinvalid(p.invalid);
@@ -515,7 +518,7 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
   constexpr int64_t L = V::size();
   constexpr int NB = pair_block<T>();
   const int64_t k = g.k, D = g.D;
-  const T* cmask = column_masks<T>(g, j0, scratch + 4 * k * L);
+  const T* cmask = column_masks<T>(g, j0, scratch + logits_mask_offset(g, L));
   const T* q0 = strip_col(p.q_s, ri0.row, D, g, j0);
   const T* q1 = strip_col(p.q_s, ri1.row, D, g, j0);
   const T* terms0 = separable_rpe_terms<T>(g, p, ri0.h, q0, scratch);
@@ -632,7 +635,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
   constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
   Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
-  Scratch<T> sep(logits_scratch_size(g, L));
+  Scratch<T> scratch(logits_scratch_size(g, L));
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
   Scratch<Tap2<T>> taps2(kk);
   V acc0[kBlock], acc1[kBlock];
@@ -652,7 +655,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
     T* attn_row = attn_row_of(ri.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      strip_logits<T>(g, p, ri, j0, lg0.data(), sep.data());
+      strip_logits<T>(g, p, ri, j0, lg0.data(), scratch.data());
       const V inv = softmax_vector<T>(g, p, ri, j0, lg0.data());
       int64_t n = 0;
       for (int64_t a = 0; a < k; ++a) {
@@ -676,7 +679,7 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
     T *attn0 = attn_row_of(ri0.row), *attn1 = attn_row_of(ri1.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), sep.data());
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), scratch.data());
       const V inv0 = softmax_vector<T>(g, p, ri0, j0, lg0.data());
       const V inv1 = softmax_vector<T>(g, p, ri1, j0, lg1.data());
       // taps in the order of one_row for each row: row 0's window row 0 alone, the shared key
@@ -718,7 +721,7 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg0(kk * L), lg1(kk * L), one(kk), sep(logits_scratch_size(g, L));
+  Scratch<T> lg0(kk * L), lg1(kk * L), one(kk), scratch(logits_scratch_size(g, L));
   auto store = [&](int64_t row, int64_t j0, const T* lg) {  // strip layout (kk, Wp)
     T* out = p.out + row * kk * g.Wp + g.P + j0;
     for (int64_t t = 0; t < kk; ++t) V::loadu(lg + t * L).store(out + t * g.Wp);
@@ -734,14 +737,14 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
   };
   auto one_row = [&](const RowInfo& ri) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits<T>(g, p, ri, j0, lg0.data(), sep.data());
+      strip_logits<T>(g, p, ri, j0, lg0.data(), scratch.data());
       store(ri.row, j0, lg0.data());
     }
     border(ri);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), sep.data());
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), scratch.data());
       store(ri0.row, j0, lg0.data());
       store(ri1.row, j0, lg1.data());
     }
@@ -865,7 +868,7 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
-  Scratch<T> lg0(kk * L), lg1(kk * L), sep(logits_scratch_size(g, L));
+  Scratch<T> lg0(kk * L), lg1(kk * L), scratch(logits_scratch_size(g, L));
   auto finish = [&](int64_t row, int64_t j0, const T* lg) {  // lg: dP of the vector at j0
     const T* pr = p.w_s + row * kk * g.Wp + g.P + j0;
     T* out = p.out + row * kk * g.Wp + g.P + j0;
@@ -877,14 +880,14 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
   };
   auto one_row = [&](const RowInfo& ri) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits<T>(g, p, ri, j0, lg0.data(), sep.data());
+      strip_logits<T>(g, p, ri, j0, lg0.data(), scratch.data());
       finish(ri.row, j0, lg0.data());
     }
     zero_padding<T>(g, p.out + ri.row * kk * g.Wp + g.P, kk);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
-      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), sep.data());
+      strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), scratch.data());
       finish(ri0.row, j0, lg0.data());
       finish(ri1.row, j0, lg1.data());
     }
