@@ -112,7 +112,9 @@ def build(spec: dict) -> torch.nn.Module:
         import importlib
         registry = importlib.import_module(f"{spec['scope']}.registry")
         importlib.import_module(f"{spec['scope']}.models")  # registers the backbones
-        return registry.MODELS.build(dict(spec['cfg']))
+        # in the entry's own scope: a default scope left by an earlier runner (mmdet's, with its
+        # own SwinTransformer) would otherwise pick another codebase's class of the same name
+        return registry.MODELS.build(dict(spec['cfg'], _scope_=spec['scope']))
     raise ValueError(f"spec kind must be 'mmattn' or 'registry', got {spec['kind']!r}")
 
 

@@ -43,6 +43,18 @@ def test_reference_gmac_match_the_published_figures(name, published):
     assert gmac == pytest.approx(published, rel=0.03)
 
 
+def test_reference_built_in_its_own_scope_whatever_the_default_scope():
+    """mmdet also registers a SwinTransformer (without ``arch``): under a default scope an
+    earlier mmdet runner left behind, the zoo must still build mmpretrain's."""
+    pytest.importorskip('mmdet')
+    import mmdet.models  # noqa: F401  (registers mmdet's SwinTransformer)
+    from mmengine.registry import DefaultScope
+    (entry, ) = [e for e in backbone_zoo.reference_entries() if e['name'] == 'Swin-T']
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = backbone_zoo.build(entry['spec'])
+    assert type(model).__module__.startswith('mmpretrain.'), type(model)
+
+
 def test_sdpa_is_counted():
     """mmpretrain's DeiT-T runs scaled_dot_product_attention: with mmattn's handle its count is
     the DeiT paper's 1.3 GFLOPs (without it, 1.08)."""
