@@ -12,6 +12,9 @@ MMATTN_VENV ?= $(HOME)/.cache/mmattn/venv
 export MMATTN_VENV
 PY := $(MMATTN_VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` (one per core, at most 4); each module runs whole in one
+# worker (--dist loadfile), so module fixtures are built once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: env test demo bench cuda-check wheel mutation clean
 
@@ -19,7 +22,7 @@ env:
 	@bash tools/env.sh
 
 test: env
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: env
 	$(PY) tools/demo.py

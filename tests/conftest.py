@@ -19,3 +19,9 @@ def _inductor_cache_dir() -> str:
 
 
 os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', _inductor_cache_dir())
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and the tools it
+# starts, gets its share of the cores: oversubscribed OpenMP threads spin against each other.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _WORKERS > 1:
+    os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // _WORKERS)))
