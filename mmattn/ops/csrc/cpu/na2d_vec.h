@@ -604,9 +604,10 @@ inline void store_probabilities(const StripGeometry& g, const T* lg, const Vecto
                                 int64_t j0, T* attn_row) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  const int64_t nv = std::min<int64_t>(L, g.W - j0);
-  for (int64_t t = 0; t < g.kk(); ++t)
-    (V::loadu(lg + t * L) * inv).store(attn_row + t * g.Wp + j0, nv);
+  // locals: the stores may alias g as far as the compiler knows, which would reload its fields
+  const int64_t nv = std::min<int64_t>(L, g.W - j0), kk = g.kk(), Wp = g.Wp;
+  T* dst = attn_row + j0;
+  for (int64_t t = 0; t < kk; ++t, dst += Wp) (V::loadu(lg + t * L) * inv).store(dst, nv);
 }
 
 // The clamped border columns of the fused kernel's row ri, per query.
