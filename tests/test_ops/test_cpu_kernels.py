@@ -4,8 +4,8 @@ plain-PyTorch references written from the spec.
 The in-process op tests run the build this machine's capability selects; here each build runs in
 a child process with ``ATEN_CPU_CAPABILITY`` lowered, on shapes that exercise the vector body and
 its tails: map widths that are not multiples of the vector width (8 or 16 lanes), head dims that
-are not multiples of 8 (the channel block), both borders, dilation, rpb, rpe and bias, and
-strided (non-contiguous) inputs.
+are not multiples of 8 (the channel block and the strip copy's transpose tiles) and shapes that
+are, both borders, dilation, rpb, rpe and bias, and strided (non-contiguous) inputs.
 """
 import json
 import os
@@ -51,7 +51,9 @@ def compare(name, fn, ref, tensors):
 
 
 for border, dilation in (('mask', 1), ('mask', 2), ('clamp', 1), ('clamp', 2)):
-    for (H, W, D) in ((9, 17, 5), (6, 23, 12), (20, 33, 3)):
+    # (W, D) multiples of 8 or not: the contiguous inputs' strip copy transposes 8 x 8 tiles
+    # and copies the columns and channels left over one by one
+    for (H, W, D) in ((9, 17, 5), (6, 23, 12), (20, 33, 3), (5, 24, 16)):
         ks = 3 if dilation == 2 else 5
         if border == 'clamp' and min(H, W) // dilation < ks:
             continue

@@ -59,7 +59,9 @@ namespace {
 template <typename T>
 struct Kernels {
   using Fn = void (*)(const StripGeometry&, const Na2dBuffers<T>&, int64_t, int64_t);
+  using PlaneFn = void (*)(const T*, int64_t, T*, int64_t, int64_t, int64_t, int64_t);
   Fn fused, logits, aggregate, inverse, softmax_grad;
+  PlaneFn transpose_to_strip;
 };
 
 template <typename T>
@@ -68,15 +70,15 @@ Kernels<T> kernels() {
 #if defined(MMATTN_HAVE_AVX512)
   if (build == CpuBuild::AVX512)
     return {&AVX512::fused_rows, &AVX512::logits_rows, &AVX512::aggregate_rows,
-            &AVX512::inverse_rows, &AVX512::softmax_grad_rows};
+            &AVX512::inverse_rows, &AVX512::softmax_grad_rows, &AVX512::transpose_to_strip};
 #endif
 #if defined(MMATTN_HAVE_AVX2)
   if (build == CpuBuild::AVX2)
     return {&AVX2::fused_rows, &AVX2::logits_rows, &AVX2::aggregate_rows, &AVX2::inverse_rows,
-            &AVX2::softmax_grad_rows};
+            &AVX2::softmax_grad_rows, &AVX2::transpose_to_strip};
 #endif
   return {&DEFAULT::fused_rows, &DEFAULT::logits_rows, &DEFAULT::aggregate_rows,
-          &DEFAULT::inverse_rows, &DEFAULT::softmax_grad_rows};
+          &DEFAULT::inverse_rows, &DEFAULT::softmax_grad_rows, &DEFAULT::transpose_to_strip};
 }
 
 template <typename T>
@@ -100,11 +102,6 @@ at::ScalarType compute_type(const Tensor& t) {
 // (W + 2P elements, thousands per call): one memcpy and two memset calls per row (gcc turns
 // these loops into such calls by default) cost about a fifth more than this loop (perf, SASA's
 // first-stage call: 5.4% -> 4.3% of the samples).
-#if defined(__GNUC__) && !defined(__clang__)
-#define MMATTN_NO_LIBCALL_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
-#else
-#define MMATTN_NO_LIBCALL_LOOPS
-#endif
 template <typename T>
 MMATTN_NO_LIBCALL_LOOPS inline void padded_row(
     T* __restrict out, const T* __restrict in, int64_t P, int64_t W, int64_t Wp) {
@@ -121,6 +118,7 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
   const auto st = x.strides();
   const T* src = x.data_ptr<T>();
   T* dst = s.data_ptr<T>();
+  const auto to_plane = kernels<T>().transpose_to_strip;
   at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % g.H, bh = row / g.H, b = bh / g.heads, h = bh % g.heads;
@@ -128,6 +126,8 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
       T* out = dst + row * C * Wp;
       if (st[3] == 1) {  // W-contiguous rows (SASA's conv views, or already strip-like)
         for (int64_t c = 0; c < C; ++c) padded_row<T>(out + c * Wp, in + c * st[4], P, W, Wp);
+      } else if (st[4] == 1) {  // channel-contiguous (W, C): tiled vector transposes
+        to_plane(in, st[3], out, C, P, W, Wp);
       } else {  // a transpose: read along the inner axis, write C rows of this plane
         for (int64_t c = 0; c < C; ++c) {
           std::fill(out + c * Wp, out + c * Wp + P, T(0));
