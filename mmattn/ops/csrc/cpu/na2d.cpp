@@ -59,7 +59,7 @@ namespace {
 template <typename T>
 struct Kernels {
   using Fn = void (*)(const StripGeometry&, const Na2dBuffers<T>&, int64_t, int64_t);
-  using PlaneFn = void (*)(const T*, int64_t, T*, int64_t, int64_t, int64_t, int64_t);
+  using PlaneFn = void (*)(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t, int64_t);
   Fn fused, logits, aggregate, inverse, softmax_grad;
   PlaneFn transpose_to_strip;
 };
@@ -126,15 +126,8 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
       T* out = dst + row * C * Wp;
       if (st[3] == 1) {  // W-contiguous rows (SASA's conv views, or already strip-like)
         for (int64_t c = 0; c < C; ++c) padded_row<T>(out + c * Wp, in + c * st[4], P, W, Wp);
-      } else if (st[4] == 1) {  // channel-contiguous (W, C): tiled vector transposes
-        to_plane(in, st[3], out, C, P, W, Wp);
-      } else {  // a transpose: read along the inner axis, write C rows of this plane
-        for (int64_t c = 0; c < C; ++c) {
-          std::fill(out + c * Wp, out + c * Wp + P, T(0));
-          std::fill(out + c * Wp + P + W, out + (c + 1) * Wp, T(0));
-        }
-        for (int64_t j = 0; j < W; ++j)
-          for (int64_t c = 0; c < C; ++c) out[c * Wp + P + j] = in[j * st[3] + c * st[4]];
+      } else {  // a transpose (tiled when channel-contiguous)
+        to_plane(in, st[3], st[4], out, C, P, W, Wp);
       }
     }
   });

@@ -77,9 +77,9 @@ struct Na2dBuffers {
 //   inverse:   out[key] = scale * sum over the queries that see key: w[query, slot] src[query]
 //   softmax_grad: out_s[t] = w_s[t] * (dP[t] - sum_t w_s[t] dP[t]), dP[t] = q_s . k_s[t]
 //              (the fused training pass' d_logits; 'mask' only)
-//   transpose_to_strip(in, sj, out, C, P, W, Wp): one (W, C) plane, channel-contiguous with
-//              column stride sj, into its C strip rows: out[c*Wp + P + j] = in[j*sj + c], zero
-//              columns [0, P) and [P + W, Wp)
+//   transpose_to_strip(in, sj, sc, out, C, P, W, Wp): one (W, C) plane with column stride sj
+//              and channel stride sc into its C strip rows: out[c*Wp + P + j] = in[j*sj + c*sc],
+//              zero columns [0, P) and [P + W, Wp)
 #define MMATTN_NA2D_KERNEL_DECLS                                                                \
   void fused_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);          \
   void fused_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);         \
@@ -91,8 +91,10 @@ struct Na2dBuffers {
   void inverse_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);       \
   void softmax_grad_rows(const StripGeometry&, const Na2dBuffers<float>&, int64_t, int64_t);   \
   void softmax_grad_rows(const StripGeometry&, const Na2dBuffers<double>&, int64_t, int64_t);  \
-  void transpose_to_strip(const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t);    \
-  void transpose_to_strip(const double*, int64_t, double*, int64_t, int64_t, int64_t, int64_t); \
+  void transpose_to_strip(const float*, int64_t, int64_t, float*, int64_t, int64_t, int64_t,     \
+                          int64_t);                                                             \
+  void transpose_to_strip(const double*, int64_t, int64_t, double*, int64_t, int64_t, int64_t,   \
+                          int64_t);                                                             \
   int64_t vector_lanes_float();
 
 namespace DEFAULT { MMATTN_NA2D_KERNEL_DECLS }

@@ -1030,12 +1030,14 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
   for_row_pairs(g, r0, r1, one_row, two_rows, leads);
 }
 
-// transpose_to_strip (na2d_kernels.h): 8 x 8 tiles through ATen's transpose_mxn (AVX2: eight
-// loads, 24 shuffles, eight stores; AVX-512: its masked 16 x 16 kernel; the generic build and
-// double: element by element), the columns and channels left over element by element.
+// transpose_to_strip (na2d_kernels.h). Channel-contiguous planes (sc == 1) in 8 x 8 tiles through
+// ATen's transpose_mxn (AVX2: eight loads, 24 shuffles, eight stores; AVX-512: its masked
+// 16 x 16 kernel; the generic build and double: element by element); the columns and channels
+// left over, and planes of any other channel stride, element by element.
 template <typename T>
-MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, T* out, int64_t C,
-                                                     int64_t P, int64_t W, int64_t Wp) {
+MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, int64_t sc, T* out,
+                                                     int64_t C, int64_t P, int64_t W,
+                                                     int64_t Wp) {
   constexpr int64_t TB = 8;
   for (int64_t c = 0; c < C; ++c) {
     T* row = out + c * Wp;
@@ -1043,7 +1045,7 @@ MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, T*
     for (int64_t j = P + W; j < Wp; ++j) row[j] = T(0);
   }
   out += P;
-  const int64_t W8 = W / TB * TB, C8 = C / TB * TB;
+  const int64_t W8 = sc == 1 ? W / TB * TB : 0, C8 = C / TB * TB;
   for (int64_t j0 = 0; j0 < W8; j0 += TB) {
     for (int64_t c0 = 0; c0 < C8; c0 += TB)
       at::vec::transpose_mxn<T, TB, TB>(in + j0 * sj + c0, sj, out + c0 * Wp + j0, Wp);
@@ -1051,7 +1053,7 @@ MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, T*
       for (int64_t j = j0; j < j0 + TB; ++j) out[c * Wp + j] = in[j * sj + c];
   }
   for (int64_t j = W8; j < W; ++j)
-    for (int64_t c = 0; c < C; ++c) out[c * Wp + j] = in[j * sj + c];
+    for (int64_t c = 0; c < C; ++c) out[c * Wp + j] = in[j * sj + c * sc];
 }
 
 }  // namespace
@@ -1075,9 +1077,9 @@ MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, T*
                          int64_t r1) {                                                       \
     softmax_grad_rows_impl<T>(g, p, r0, r1);                                                 \
   }                                                                                          \
-  void transpose_to_strip(const T* in, int64_t sj, T* out, int64_t C, int64_t P, int64_t W,  \
-                          int64_t Wp) {                                                      \
-    transpose_to_strip_impl<T>(in, sj, out, C, P, W, Wp);                                    \
+  void transpose_to_strip(const T* in, int64_t sj, int64_t sc, T* out, int64_t C, int64_t P, \
+                          int64_t W, int64_t Wp) {                                           \
+    transpose_to_strip_impl<T>(in, sj, sc, out, C, P, W, Wp);                                \
   }
 
 MMATTN_NA2D_KERNEL_DEFS(float)
