@@ -202,6 +202,23 @@ inline void gather(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc
   }
 }
 
+// The aggregation of a pair of rows (ri0, ri1 of for_row_pairs) over channels [c0, c0 + nc),
+// nc <= kBlock: acc0 = row 0's own taps (taps0), then the shared ones (taps2); acc1 = taps2,
+// then row 1's own taps (taps1): each row's taps in the order of its one-row pass, so the sums
+// are identical. The single-row taps run kBlock channels wide (kBlock independent FMA chains),
+// the shared ones in slices of pair_block() channels (2 x pair_block() chains).
+template <typename T, bool RPE>
+inline void gather_pair(const Tap<T>* taps0, int64_t n0, const Tap2<T>* taps2, int64_t n2,
+                        const Tap<T>* taps1, int64_t n1, int64_t c0, int64_t Wp, int nc,
+                        Vectorized<T>* acc0, Vectorized<T>* acc1) {
+  constexpr int NB = pair_block<T>();
+  gather<T, RPE>(taps0, n0, c0, Wp, nc, acc0);  // from zero
+  for (int c = 0; c < kBlock; ++c) acc1[c] = Vectorized<T>(T(0));
+  for (int cc = 0; cc < nc; cc += NB)
+    gather2<T, RPE>(taps2, n2, c0 + cc, Wp, std::min(NB, nc - cc), acc0 + cc, acc1 + cc);
+  gather<T, RPE, true>(taps1, n1, c0, Wp, nc, acc1);
+}
+
 // exp of the softmax's x - max <= 0 (-inf on invalid slots, which the caller blends to 0).
 // AVX-512 float: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 in [-ln2/2, ln2/2],
 // exp(r) by the degree-5 polynomial of ATen's exp_u20 and 2^n by vscalefps: 11 instructions
@@ -238,16 +255,23 @@ inline Vectorized<T> column_mask(int64_t j0, int64_t shift, int64_t W) {
 
 // Writes channels [c0, c0+nc) of lanes [0, nv) of the accumulators, times `mul`, at query j0 of
 // an output row with column stride sw and channel stride sc: vector stores when the columns are
-// contiguous (sw == 1), else one element at a time.
+// contiguous (sw == 1); for channel-contiguous rows (sc == 1, the op layout) a full block of
+// kBlock channels and L queries goes through ATen's transpose_mxn (AVX2: the 8 x 8 shuffle
+// kernel; AVX-512: its masked 16 x 16 one); anything else one element at a time. `tmp`: kBlock * L.
 template <typename T>
 inline void store_out(const Vectorized<T>* acc, int nc, const Vectorized<T>& mul, int64_t nv,
                       T* out_row, int64_t j0, int64_t c0, int64_t sw, int64_t sc, T* tmp) {
   using V = Vectorized<T>;
+  constexpr int L = V::size();
   if (sw == 1) {
     for (int c = 0; c < nc; ++c) (acc[c] * mul).store(out_row + (c0 + c) * sc + j0, nv);
     return;
   }
-  for (int c = 0; c < nc; ++c) (acc[c] * mul).store(tmp + c * V::size());
+  for (int c = 0; c < nc; ++c) (acc[c] * mul).store(tmp + c * L);
+  if (sc == 1 && nc == kBlock && nv == L) {
+    at::vec::transpose_mxn<T, kBlock, L>(tmp, L, out_row + j0 * sw + c0, sw);
+    return;
+  }
   for (int64_t l = 0; l < nv; ++l)
     for (int c = 0; c < nc; ++c) out_row[(j0 + l) * sw + (c0 + c) * sc] = tmp[c * V::size() + l];
 }
@@ -633,7 +657,6 @@ template <typename T>
 void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
   Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
   Scratch<T> scratch(logits_scratch_size(g, L));
@@ -699,12 +722,10 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
           taps2[n2++] = {lg0.data() + (a * k + b) * L, lg1.data() + ((a - 1) * k + b) * L,
                          value(ri0, ki, b, j0)};
       }
-      for (int64_t c0 = 0; c0 < D; c0 += NB) {
-        const int nc = static_cast<int>(std::min<int64_t>(NB, D - c0));
-        for (int64_t c = 0; c < nc; ++c) acc0[c] = acc1[c] = V(T(0));
-        gather<T, false, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
-        gather2<T>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
-        gather<T, false, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
+      for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
+        const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
+        gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp, nc,
+                              acc0, acc1);
         store_out<T>(acc0, nc, inv0, nv, out0, j0, c0, sw, sc, tmp.data());
         store_out<T>(acc1, nc, inv1, nv, out1, j0, c0, sw, sc, tmp.data());
       }
@@ -760,7 +781,6 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
                          int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), R = g.R(), D = g.D;
   Scratch<T> tmp(kBlock * L);
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
@@ -838,18 +858,14 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
           taps2[n2++] = {t0.w, t1.w, t0.m, t0.e, t1.e};
         }
       }
-      for (int64_t c0 = 0; c0 < D; c0 += NB) {
-        const int nc = static_cast<int>(std::min<int64_t>(NB, D - c0));
-        for (int64_t c = 0; c < nc; ++c) acc0[c] = acc1[c] = V(T(0));
-        if (p.rpe) {
-          gather<T, true, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
-          gather2<T, true>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
-          gather<T, true, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
-        } else {
-          gather<T, false, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
-          gather2<T, false>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
-          gather<T, false, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
-        }
+      for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
+        const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
+        if (p.rpe)
+          gather_pair<T, true>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp,
+                               nc, acc0, acc1);
+        else
+          gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp,
+                                nc, acc0, acc1);
         store_out<T>(acc0, nc, vscale, nv, out0, j0, c0, sw, sc, tmp.data());
         store_out<T>(acc1, nc, vscale, nv, out1, j0, c0, sw, sc, tmp.data());
       }
@@ -934,7 +950,6 @@ template <typename T>
 void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  constexpr int NB = pair_block<T>();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
   // With border 'clamp' up to 2k-1 query rows share a key row (windows shifted at the border).
   Scratch<T> tmp(kBlock * L);
@@ -1007,12 +1022,10 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
         }
       for (int64_t x = shared; x < q1.n; ++x)
         for (int64_t b = 0; b < k; ++b) taps1[n1++] = tap(q1, ri1.bh, x, b, j0);
-      for (int64_t c0 = 0; c0 < D; c0 += NB) {
-        const int nc = static_cast<int>(std::min<int64_t>(NB, D - c0));
-        for (int64_t c = 0; c < nc; ++c) acc0[c] = acc1[c] = V(T(0));
-        gather<T, false, true>(taps0.data(), n0, c0, g.Wp, nc, acc0);
-        gather2<T, false>(taps2.data(), n2, c0, g.Wp, nc, acc0, acc1);
-        gather<T, false, true>(taps1.data(), n1, c0, g.Wp, nc, acc1);
+      for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
+        const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
+        gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp, nc,
+                              acc0, acc1);
         store_out<T>(acc0, nc, vscale, nv, out0, j0, c0, sw, sc, tmp.data());
         store_out<T>(acc1, nc, vscale, nv, out1, j0, c0, sw, sc, tmp.data());
       }
