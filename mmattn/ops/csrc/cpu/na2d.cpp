@@ -2,9 +2,10 @@
 //
 // The op layout is (B, heads, H, W, D) for q, k, v, out and (B, heads, H, W, k*k) for
 // logits/attn; out, d_q, d_k and d_v take the memory layout of q, k, v (empty_like), logits and
-// d_attn are contiguous. The entry points copy their inputs once into the padded, W-contiguous "strip"
-// layout (na2d_kernels.h; any input strides are accepted, reduced precision is computed in fp32)
-// and run the vectorised row kernels of the CPU capability ATen reports (AVX512, AVX2 or the
+// d_attn are contiguous. The entry points copy their inputs once into the padded, W-contiguous
+// "strip" layout (na2d_kernels.h; any input strides are accepted, reduced precision is computed
+// in fp32; the fused forward kernels copy the rows each thread reads into per-thread rings
+// instead, so that q, k and v cross memory once) and run the vectorised row kernels of the CPU capability ATen reports (AVX512, AVX2 or the
 // generic DEFAULT build of the same code), parallel over the (B, heads, H) rows with
 // at::parallel_for. Each output element is written by one thread in a fixed order, and the
 // reductions over pixels (d_rpb, d_rpe) are summed in a fixed order, so results are
@@ -98,18 +99,6 @@ at::ScalarType compute_type(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// out[0, P) = 0, out[P, P + W) = in[0, W), out[P + W, Wp) = 0 in one pass. The rows are short
-// (W + 2P elements, thousands per call): one memcpy and two memset calls per row (gcc turns
-// these loops into such calls by default) cost about a fifth more than this loop (perf, SASA's
-// first-stage call: 5.4% -> 4.3% of the samples).
-template <typename T>
-MMATTN_NO_LIBCALL_LOOPS inline void padded_row(
-    T* __restrict out, const T* __restrict in, int64_t P, int64_t W, int64_t Wp) {
-  for (int64_t j = 0; j < P; ++j) out[j] = T(0);
-  for (int64_t j = 0; j < W; ++j) out[P + j] = in[j];
-  for (int64_t j = P + W; j < Wp; ++j) out[j] = T(0);
-}
-
 // (B, heads, H, W, C), any strides -> zero-padded strip layout (B, heads, H, C, Wp): one pass,
 // parallel over the (B, heads, H) planes, each plane's padding zeroed next to its copy.
 template <typename T>
@@ -123,12 +112,7 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % g.H, bh = row / g.H, b = bh / g.heads, h = bh % g.heads;
       const T* in = src + b * st[0] + h * st[1] + i * st[2];
-      T* out = dst + row * C * Wp;
-      if (st[3] == 1) {  // W-contiguous rows (SASA's conv views, or already strip-like)
-        for (int64_t c = 0; c < C; ++c) padded_row<T>(out + c * Wp, in + c * st[4], P, W, Wp);
-      } else {  // a transpose (tiled when channel-contiguous)
-        to_plane(in, st[3], st[4], out, C, P, W, Wp);
-      }
+      to_plane(in, st[3], st[4], dst + row * C * Wp, C, P, W, Wp);
     }
   });
 }
@@ -160,8 +144,13 @@ Tensor rpb_partials(bool with_rpb, const StripGeometry& g, const at::TensorOptio
   return strip_buffer(slot, {g.B, g.heads, g.H, g.R(), g.R()}, opts).zero_();
 }
 
+// x in the compute dtype (reduced precision in fp32), any strides.
+Tensor in_compute_type(const Tensor& x) {
+  return x.scalar_type() == compute_type(x) ? x : x.to(compute_type(x));
+}
+
 Tensor to_strip(const Tensor& x_in, const StripGeometry& g, int slot) {
-  const Tensor x = x_in.scalar_type() == compute_type(x_in) ? x_in : x_in.to(compute_type(x_in));
+  const Tensor x = in_compute_type(x_in);
   Tensor s = strip_buffer(slot, {g.B, g.heads, g.H, x.size(4), g.Wp}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "na2d_to_strip", [&] {
     copy_to_strip<scalar_t>(x, s, g);
@@ -297,6 +286,21 @@ void set_out(Na2dBuffers<T>& p, const Tensor& out) {
   for (int d = 0; d < 5; ++d) p.os[d] = out.stride(d);
 }
 
+// The strip rows of a (B, heads, H, C, Wp) strip-layout tensor.
+template <typename T>
+StripRows<T> rows_of(const Tensor& s, const StripGeometry& g) {
+  return strip_rows<T>(s.data_ptr<T>(), g, s.size(3));
+}
+
+// A (B, heads, H, W, C) tensor in the compute dtype, any strides, for the kernels' own rings.
+template <typename T>
+OpRows<T> op_rows(const Tensor& x) {
+  OpRows<T> o;
+  o.data = x.data_ptr<T>();
+  for (int d = 0; d < 5; ++d) o.st[d] = x.stride(d);
+  return o;
+}
+
 template <typename T>
 const T* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -315,13 +319,13 @@ void logits_backward(const Kernels<T>& kn, const StripGeometry& g, const T* w_s,
                      const Tensor& q_s, const Tensor& k_s, const OptTensor& rpe, const Tensor& dq,
                      const Tensor& dk, const Tensor& rpb_part, double scale) {
   Na2dBuffers<T> pq;
-  pq.w_s = w_s, pq.w = w, pq.k_s = k_s.data_ptr<T>(), pq.rpe = ptr<T>(rpe);
+  pq.w_s = w_s, pq.w = w, pq.k_s = rows_of<T>(k_s, g), pq.rpe = ptr<T>(rpe);
   set_out(pq, dq);
   pq.rpb_part = rpb_part.defined() ? rpb_part.data_ptr<T>() : nullptr;
   pq.scale = static_cast<T>(scale);
   run_rows<T>(kn.aggregate, g, pq);
   Na2dBuffers<T> pk;
-  pk.w_s = w_s, pk.w = w, pk.src_s = q_s.data_ptr<T>();
+  pk.w_s = w_s, pk.w = w, pk.src_s = rows_of<T>(q_s, g);
   set_out(pk, dk);
   pk.scale = pq.scale;
   run_rows<T>(kn.inverse, g, pk);
@@ -350,7 +354,7 @@ Tensor na2d_qk_cpu(const Tensor& q_in, const Tensor& k_in, const OptTensor& rpb_
   Tensor out_s = strip_buffer(2, {g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
   AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_cpu", [&] {
     Na2dBuffers<scalar_t> p;
-    p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
+    p.q_s = rows_of<scalar_t>(q_s, g), p.k_s = rows_of<scalar_t>(k_s, g);
     p.rpb = ptr<scalar_t>(rpb);
     SeparableRpe sep;
     set_rpe(p, rpe, sep);
@@ -397,7 +401,7 @@ Tensor na2d_av_cpu(const Tensor& attn_in, const Tensor& v_in, int64_t kernel_siz
   AT_DISPATCH_FLOATING_TYPES(v_s.scalar_type(), "na2d_av_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     Na2dBuffers<scalar_t> p;
-    p.w_s = w_s.data_ptr<scalar_t>(), p.w = ptr<scalar_t>(attn), p.k_s = v_s.data_ptr<scalar_t>();
+    p.w_s = w_s.data_ptr<scalar_t>(), p.w = ptr<scalar_t>(attn), p.k_s = rows_of<scalar_t>(v_s, g);
     set_out(p, out);
     run_rows<scalar_t>(kernels<scalar_t>().aggregate, g, p);
   });
@@ -419,12 +423,12 @@ std::tuple<Tensor, Tensor> na2d_av_backward_cpu(const Tensor& grad_in, const Ten
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     const Kernels<scalar_t> kn = kernels<scalar_t>();
     Na2dBuffers<scalar_t> p;
-    p.q_s = g_s.data_ptr<scalar_t>(), p.k_s = v_s.data_ptr<scalar_t>();
+    p.q_s = rows_of<scalar_t>(g_s, g), p.k_s = rows_of<scalar_t>(v_s, g);
     p.out = dattn_s.data_ptr<scalar_t>();
     run_rows<scalar_t>(kn.logits, g, p);
     Na2dBuffers<scalar_t> pv;
     pv.w_s = w_s.data_ptr<scalar_t>(), pv.w = ptr<scalar_t>(attn);
-    pv.src_s = g_s.data_ptr<scalar_t>();
+    pv.src_s = rows_of<scalar_t>(g_s, g);
     set_out(pv, dv);
     run_rows<scalar_t>(kn.inverse, g, pv);
   });
@@ -439,15 +443,13 @@ Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
   check_na2d_qkv(q_in, v_in, kernel_size, dilation, clamp);
   check_na2d_extras(q_in, rpb_in, rpe_in, bias_in, kernel_size, clamp);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
-  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
-               v_s = to_strip(v_in, g, 2);
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in),
                   bias = compute_dtype(bias_in);
   Tensor out = output_like(q_in);
-  AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_fused_cpu", [&] {
-    Na2dBuffers<scalar_t> p;
-    p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
-    p.v_s = v_s.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_fused_cpu", [&] {
+    Na2dBuffers<scalar_t> p;  // the kernel copies the strip rows it reads (per-thread rings)
+    p.q_op = op_rows<scalar_t>(q), p.k_op = op_rows<scalar_t>(k), p.v_op = op_rows<scalar_t>(v);
     p.rpb = ptr<scalar_t>(rpb), p.bias = ptr<scalar_t>(bias);
     SeparableRpe sep;
     set_rpe(p, rpe, sep);
@@ -471,15 +473,13 @@ std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor
   check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
   check_na2d_extras(q_in, rpb_in, rpe_in, std::nullopt, kernel_size, false);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
-  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
-               v_s = to_strip(v_in, g, 2);
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in);
   Tensor out = output_like(q_in);
-  Tensor attn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
-  AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_fused_train_cpu", [&] {
-    Na2dBuffers<scalar_t> p;
-    p.q_s = q_s.data_ptr<scalar_t>(), p.k_s = k_s.data_ptr<scalar_t>();
-    p.v_s = v_s.data_ptr<scalar_t>();
+  Tensor attn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_fused_train_cpu", [&] {
+    Na2dBuffers<scalar_t> p;  // the kernel copies the strip rows it reads (per-thread rings)
+    p.q_op = op_rows<scalar_t>(q), p.k_op = op_rows<scalar_t>(k), p.v_op = op_rows<scalar_t>(v);
     p.rpb = ptr<scalar_t>(rpb);
     SeparableRpe sep;
     set_rpe(p, rpe, sep);
@@ -520,11 +520,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu
     const Kernels<scalar_t> kn = kernels<scalar_t>();
     const scalar_t* attn_s = attn_s_in.data_ptr<scalar_t>();
     Na2dBuffers<scalar_t> ps;  // d_logits
-    ps.q_s = g_s.data_ptr<scalar_t>(), ps.k_s = v_s.data_ptr<scalar_t>(), ps.w_s = attn_s;
+    ps.q_s = rows_of<scalar_t>(g_s, g), ps.k_s = rows_of<scalar_t>(v_s, g), ps.w_s = attn_s;
     ps.out = ds_s.data_ptr<scalar_t>();
     run_rows<scalar_t>(kn.softmax_grad, g, ps);
     Na2dBuffers<scalar_t> pv;  // d_v
-    pv.w_s = attn_s, pv.src_s = g_s.data_ptr<scalar_t>();
+    pv.w_s = attn_s, pv.src_s = rows_of<scalar_t>(g_s, g);
     set_out(pv, dv);
     run_rows<scalar_t>(kn.inverse, g, pv);
     logits_backward<scalar_t>(kn, g, ds_s.data_ptr<scalar_t>(), nullptr, q_s, k_s, rpe, dq, dk,

@@ -298,11 +298,10 @@ inline RowInfo row_info(const StripGeometry& g, int64_t row) {
   return r;
 }
 
-// Channel c of strip-layout plane `plane` at image column j.
+// Channel 0 of strip row `plane` at image column j (channel c: + c * Wp).
 template <typename T>
-inline const T* strip_col(const T* s, int64_t plane, int64_t C, const StripGeometry& g,
-                          int64_t j) {
-  return s + plane * C * g.Wp + g.P + j;
+inline const T* strip_col(const StripRows<T>& s, int64_t plane, int64_t j) {
+  return s(plane) + j;
 }
 
 // Zeroes the padding columns of the C strip-layout rows at `row` (column 0 of the image): the
@@ -315,14 +314,121 @@ inline void zero_padding(const StripGeometry& g, T* row, int64_t C) {
   }
 }
 
+// transpose_to_strip (na2d_kernels.h). W-contiguous planes (sj == 1: SASA's views of a
+// convolution output) row by row; channel-contiguous ones (sc == 1, the op layout) in 8 x 8 tiles
+// through ATen's transpose_mxn (AVX2: eight loads, 24 shuffles, eight stores; AVX-512: its masked
+// 16 x 16 kernel; the generic build and double: element by element), with the columns and
+// channels left over, and planes of any other strides, element by element. The loops are kept
+// as loops: gcc's memset/memcpy calls for them cost more on these short rows (perf, SASA's
+// first-stage call: 5.4% -> 4.3% of the samples).
+template <typename T>
+MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, int64_t sc, T* out,
+                                                     int64_t C, int64_t P, int64_t W,
+                                                     int64_t Wp) {
+  constexpr int64_t TB = 8;
+  for (int64_t c = 0; c < C; ++c) {
+    T* row = out + c * Wp;
+    for (int64_t j = 0; j < P; ++j) row[j] = T(0);
+    for (int64_t j = P + W; j < Wp; ++j) row[j] = T(0);
+  }
+  out += P;
+  if (sj == 1) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < W; ++j) out[c * Wp + j] = in[c * sc + j];
+    return;
+  }
+  const int64_t W8 = sc == 1 ? W / TB * TB : 0, C8 = C / TB * TB;
+  for (int64_t j0 = 0; j0 < W8; j0 += TB) {
+    for (int64_t c0 = 0; c0 < C8; c0 += TB)
+      at::vec::transpose_mxn<T, TB, TB>(in + j0 * sj + c0, sj, out + c0 * Wp + j0, Wp);
+    for (int64_t c = C8; c < C; ++c)
+      for (int64_t j = j0; j < j0 + TB; ++j) out[c * Wp + j] = in[j * sj + c];
+  }
+  for (int64_t j = W8; j < W; ++j)
+    for (int64_t c = 0; c < C; ++c) out[c * Wp + j] = in[j * sj + c * sc];
+}
+
+// Memory kept by the calling thread from call to call (a fresh buffer of a few hundred KiB can
+// be a fresh mmap, faulted in and zeroed on every call): get(n) returns at least n elements, the
+// same buffer while n does not grow. No std::vector/unique_ptr: see Scratch.
+template <typename T>
+class ThreadBuffer {
+ public:
+  ThreadBuffer() = default;
+  ThreadBuffer(const ThreadBuffer&) = delete;
+  ThreadBuffer& operator=(const ThreadBuffer&) = delete;
+  ~ThreadBuffer() { delete[] p_; }
+  T* get(int64_t n) {
+    if (n > n_) {
+      delete[] p_;
+      p_ = new T[n];
+      n_ = n;
+    }
+    return p_;
+  }
+
+ private:
+  T* p_ = nullptr;
+  int64_t n_ = 0;
+};
+
+// The smallest power of two >= n.
+inline int64_t pow2_at_least(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// A per-thread ring of strip rows of one op-layout input (OpRows): load(r) copies plane row r
+// (its (W, C) plane, transpose_to_strip) into slot r % n unless the slot holds it already;
+// rows() addresses the slots. The caller loads every row a step reads before the step, and the
+// rows of one step span fewer than n plane rows, so that a load never evicts a row in use. Rows
+// are loaded in ascending order, each once while it stays in use. `slot`: which of the thread's
+// ring buffers (one per input of a kernel); n == 0: an unused ring.
+template <typename T>
+class StripRing {
+ public:
+  StripRing(const OpRows<T>& src, const StripGeometry& g, int64_t C, int64_t n, int slot)
+      : src_(src), g_(g), C_(C), n_(n) {
+    thread_local ThreadBuffer<T> data[3];
+    thread_local ThreadBuffer<int64_t> held[3];
+    if (n == 0) return;  // unused (the kernel reads whole strip tensors)
+    buf_ = data[slot].get(n * C * g.Wp);
+    held_ = held[slot].get(n);
+    for (int64_t s = 0; s < n; ++s) held_[s] = -1;
+  }
+  StripRing(const StripRing&) = delete;
+  StripRing& operator=(const StripRing&) = delete;
+
+  void load(int64_t r) {
+    const int64_t s = r & (n_ - 1);
+    if (held_[s] == r) return;
+    const int64_t i = r % g_.H, bh = r / g_.H;
+    const T* in = src_.data + (bh / g_.heads) * src_.st[0] + (bh % g_.heads) * src_.st[1] +
+                  i * src_.st[2];
+    transpose_to_strip_impl<T>(in, src_.st[3], src_.st[4], buf_ + s * C_ * g_.Wp, C_, g_.P, g_.W,
+                               g_.Wp);
+    held_[s] = r;
+  }
+  StripRows<T> rows() const { return {buf_ + g_.P, n_ - 1, C_ * g_.Wp}; }
+
+ private:
+  const OpRows<T>& src_;
+  const StripGeometry& g_;
+  int64_t C_, n_;
+  T* buf_ = nullptr;
+  int64_t* held_ = nullptr;
+};
+
 // Logits of query (row, j) for every slot, per query (the clamped border columns): `lg`, kk.
 template <typename T>
 void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri, int64_t j,
                   T* lg) {
-  const T *q_s = p.q_s, *k_s = p.k_s;
+  const StripRows<T>& q_s = p.q_s;
+  const StripRows<T>& k_s = p.k_s;
   const int64_t k = g.k, R = g.R();
   const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
-  const T* q = strip_col(q_s, ri.row, g.D, g, j);
+  const T* q = strip_col(q_s, ri.row, j);
   for (int64_t a = 0; a < k; ++a) {
     const int64_t ki = tap_coord(ri.wi, a, g.d);
     for (int64_t b = 0; b < k; ++b) {
@@ -331,7 +437,7 @@ void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
         lg[a * k + b] = p.invalid;
         continue;
       }
-      const T* kc = strip_col(k_s, ri.bh * g.H + ki, g.D, g, kj);
+      const T* kc = strip_col(k_s, ri.bh * g.H + ki, kj);
       const T* e = p.rpe ? p.rpe + ((ri.h * k + a) * k + b) * g.D : nullptr;
       T s = 0;
       for (int64_t c = 0; c < g.D; ++c) s += q[c * g.Wp] * (kc[c * g.Wp] + (e ? e[c] : T(0)));
@@ -347,7 +453,7 @@ void query_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
 // (per query: the clamped border columns), and the d_rpb partials of the row from w.
 template <typename T>
 void query_aggregate(const StripGeometry& g, const RowInfo& ri, int64_t j, const T* w,
-                     const T* m_s, T mul, T* o, int64_t sc, T* rpb_part) {
+                     const StripRows<T>& m_s, T mul, T* o, int64_t sc, T* rpb_part) {
   const int64_t k = g.k, R = g.R();
   const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
   for (int64_t c = 0; c < g.D; ++c) o[c * sc] = 0;
@@ -357,7 +463,7 @@ void query_aggregate(const StripGeometry& g, const RowInfo& ri, int64_t j, const
       const int64_t kj = tap_coord(wj, b, g.d);
       if (ki < 0 || kj < 0) continue;
       const T wt = w[a * k + b];
-      const T* mc = strip_col(m_s, ri.bh * g.H + ki, g.D, g, kj);
+      const T* mc = strip_col(m_s, ri.bh * g.H + ki, kj);
       for (int64_t c = 0; c < g.D; ++c) o[c * sc] += wt * mc[c * g.Wp];
       if (rpb_part) rpb_part[rpb_index(ri.wi, a, k) * R + rpb_index(wj, b, k)] += wt;
     }
@@ -476,7 +582,7 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
   constexpr int64_t L = V::size();
   const int64_t k = g.k;
   const T* cmask = column_masks<T>(g, j0, scratch + logits_mask_offset(g, L));
-  const T* q = strip_col(p.q_s, ri.row, g.D, g, j0);
+  const T* q = strip_col(p.q_s, ri.row, j0);
   const T* terms = separable_rpe_terms<T>(g, p, ri.h, q, scratch);
   const V vinvalid(p.invalid);
   V acc[kBlock];
@@ -486,7 +592,7 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
       for (int64_t b = 0; b < k; ++b) vinvalid.store(lg + (a * k + b) * L);
       continue;
     }
-    const T* kr = strip_col(p.k_s, ri.bh * g.H + ki, g.D, g, j0 - g.P);
+    const T* kr = strip_col(p.k_s, ri.bh * g.H + ki, j0 - g.P);
     const T* rpe = p.rpe ? p.rpe + (ri.h * k + a) * k * g.D : nullptr;
     for (int64_t b0 = 0; b0 < k; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
@@ -543,8 +649,8 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
   constexpr int NB = pair_block<T>();
   const int64_t k = g.k, D = g.D;
   const T* cmask = column_masks<T>(g, j0, scratch + logits_mask_offset(g, L));
-  const T* q0 = strip_col(p.q_s, ri0.row, D, g, j0);
-  const T* q1 = strip_col(p.q_s, ri1.row, D, g, j0);
+  const T* q0 = strip_col(p.q_s, ri0.row, j0);
+  const T* q1 = strip_col(p.q_s, ri1.row, j0);
   const T* terms0 = separable_rpe_terms<T>(g, p, ri0.h, q0, scratch);
   const T* terms1 = separable_rpe_terms<T>(g, p, ri1.h, q1, scratch + 2 * k * L);
   const V vinvalid(p.invalid);
@@ -559,7 +665,7 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
       }
       continue;
     }
-    const T* kr = strip_col(p.k_s, ri0.bh * g.H + ki, D, g, j0 - g.P);
+    const T* kr = strip_col(p.k_s, ri0.bh * g.H + ki, j0 - g.P);
     const T* e0 = p.rpe && in0 ? p.rpe + (ri0.h * k + a) * k * D : nullptr;
     const T* e1 = p.rpe && in1 ? p.rpe + (ri1.h * k + a - 1) * k * D : nullptr;
     for (int64_t b0 = 0; b0 < k; b0 += (in0 && in1 ? NB : kBlock)) {
@@ -654,10 +760,28 @@ void fused_border_columns(const StripGeometry& g, const Na2dBuffers<T>& p, const
 }
 
 template <typename T>
-void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
+void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t r0,
+                     int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
+  // q, k, v in the op layout: per-thread rings of strip rows, each row copied when the first
+  // query row that reads it comes. The rows of a step (one query row, or a pair i, i + d) span
+  // at most d + 1 query rows and k*d + 1 key rows.
+  Na2dBuffers<T> p = p_in;
+  const bool rings = p.q_op.data != nullptr;
+  StripRing<T> q_ring(p.q_op, g, D, rings ? pow2_at_least(g.d + 1) : 0, 0);
+  StripRing<T> k_ring(p.k_op, g, D, rings ? pow2_at_least(k * g.d + 1) : 0, 1);
+  StripRing<T> v_ring(p.v_op, g, D, rings ? pow2_at_least(k * g.d + 1) : 0, 2);
+  if (rings) p.q_s = q_ring.rows(), p.k_s = k_ring.rows(), p.v_s = v_ring.rows();
+  auto load = [&](const RowInfo& ri) {
+    if (!rings) return;
+    q_ring.load(ri.row);
+    for (int64_t a = 0; a < k; ++a) {
+      const int64_t ki = tap_coord(ri.wi, a, g.d);
+      if (ki >= 0) k_ring.load(ri.bh * g.H + ki), v_ring.load(ri.bh * g.H + ki);
+    }
+  };
   Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
   Scratch<T> scratch(logits_scratch_size(g, L));
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
@@ -672,9 +796,10 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
     if (g.clamp) fused_border_columns<T>(g, p, ri, out_row, one.data());
   };
   auto value = [&](const RowInfo& ri, int64_t ki, int64_t b, int64_t j0) {
-    return strip_col(p.v_s, ri.bh * g.H + ki, D, g, j0 + (b - r) * g.d);
+    return strip_col(p.v_s, ri.bh * g.H + ki, j0 + (b - r) * g.d);
   };
   auto one_row = [&](const RowInfo& ri) {
+    load(ri);
     T* out_row = out_row_of<T>(g, p, ri.row);
     T* attn_row = attn_row_of(ri.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
@@ -698,6 +823,8 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0
     finish_row(ri, out_row, attn_row);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    load(ri0);
+    load(ri1);
     T* out0 = out_row_of<T>(g, p, ri0.row);
     T* out1 = out_row_of<T>(g, p, ri1.row);
     T *attn0 = attn_row_of(ri0.row), *attn1 = attn_row_of(ri1.row);
@@ -791,7 +918,7 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
   auto w_row_of = [&](int64_t row) { return p.w_s + row * kk * g.Wp + g.P; };
   auto tap = [&](const RowInfo& ri, int64_t a, int64_t ki, int64_t b, int64_t j0) {
     return Tap<T>{w_row_of(ri.row) + (a * k + b) * g.Wp + j0,
-                  strip_col(p.k_s, ri.bh * g.H + ki, D, g, j0 + (b - r) * g.d),
+                  strip_col(p.k_s, ri.bh * g.H + ki, j0 + (b - r) * g.d),
                   p.rpe ? p.rpe + ((ri.h * k + a) * k + b) * D : nullptr};
   };
   auto finish_row = [&](const RowInfo& ri, T* out_row) {
@@ -963,7 +1090,7 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
     const int64_t col = j0 - (b - r) * g.d;  // the query that sees key j0 at column b
     const int64_t qrow = bh * g.H + qr.rows[x];
     return Tap<T>{p.w_s + (qrow * kk + qr.slots[x] * k + b) * g.Wp + g.P + col,
-                  strip_col(p.src_s, qrow, D, g, col), nullptr};
+                  strip_col(p.src_s, qrow, col), nullptr};
   };
   auto border = [&](const RowInfo& ri, const InverseRows& qr, T* out_row) {
     if (!g.clamp) return;
@@ -974,7 +1101,7 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
         if (!g.border_col(j)) continue;
         const AxisWindow wj = query_window(j, g.W, k, g.d, g.clamp);
         const T* w = p.w + (qrow * g.W + j) * kk + qr.slots[x] * k;
-        const T* src = strip_col(p.src_s, qrow, D, g, j);
+        const T* src = strip_col(p.src_s, qrow, j);
         for (int64_t b = 0; b < k; ++b) {
           const int64_t kj = tap_coord(wj, b, g.d);
           if (kj < 0) continue;
@@ -1041,32 +1168,6 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
     return inverse_split(l0, l1) >= 0;
   };
   for_row_pairs(g, r0, r1, one_row, two_rows, leads);
-}
-
-// transpose_to_strip (na2d_kernels.h). Channel-contiguous planes (sc == 1) in 8 x 8 tiles through
-// ATen's transpose_mxn (AVX2: eight loads, 24 shuffles, eight stores; AVX-512: its masked
-// 16 x 16 kernel; the generic build and double: element by element); the columns and channels
-// left over, and planes of any other channel stride, element by element.
-template <typename T>
-MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, int64_t sc, T* out,
-                                                     int64_t C, int64_t P, int64_t W,
-                                                     int64_t Wp) {
-  constexpr int64_t TB = 8;
-  for (int64_t c = 0; c < C; ++c) {
-    T* row = out + c * Wp;
-    for (int64_t j = 0; j < P; ++j) row[j] = T(0);
-    for (int64_t j = P + W; j < Wp; ++j) row[j] = T(0);
-  }
-  out += P;
-  const int64_t W8 = sc == 1 ? W / TB * TB : 0, C8 = C / TB * TB;
-  for (int64_t j0 = 0; j0 < W8; j0 += TB) {
-    for (int64_t c0 = 0; c0 < C8; c0 += TB)
-      at::vec::transpose_mxn<T, TB, TB>(in + j0 * sj + c0, sj, out + c0 * Wp + j0, Wp);
-    for (int64_t c = C8; c < C; ++c)
-      for (int64_t j = j0; j < j0 + TB; ++j) out[c * Wp + j] = in[j * sj + c];
-  }
-  for (int64_t j = W8; j < W; ++j)
-    for (int64_t c = 0; c < C; ++c) out[c * Wp + j] = in[j * sj + c * sc];
 }
 
 }  // namespace
