@@ -129,12 +129,13 @@ struct Tap2 {
 
 // acc0[c] += sum over taps w0 * m[(c0 + c)*Wp], acc1[c] += ... w1 ..., for c < NC; each loaded
 // m vector feeds both rows, in the order of gather_block.
-template <typename T, int NC, bool RPE>
+// ZERO1: acc1 starts from zero instead.
+template <typename T, int NC, bool RPE, bool ZERO1 = false>
 inline void gather2_block(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp,
                           Vectorized<T>* acc0, Vectorized<T>* acc1) {
   using V = Vectorized<T>;
   V s0[NC], s1[NC];
-  for (int c = 0; c < NC; ++c) s0[c] = acc0[c], s1[c] = acc1[c];
+  for (int c = 0; c < NC; ++c) s0[c] = acc0[c], s1[c] = ZERO1 ? V(T(0)) : acc1[c];
   for (int64_t t = 0; t < n; ++t) {
     const V w0 = V::loadu(taps[t].w0), w1 = V::loadu(taps[t].w1);
     const T* m = taps[t].m + c0 * Wp;
@@ -152,18 +153,18 @@ inline void gather2_block(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp
   for (int c = 0; c < NC; ++c) acc0[c] = s0[c], acc1[c] = s1[c];
 }
 
-template <typename T, bool RPE = false>
+template <typename T, bool RPE = false, bool ZERO1 = false>
 inline void gather2(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc,
                     Vectorized<T>* acc0, Vectorized<T>* acc1) {
   switch (nc) {
-    case 1: return gather2_block<T, 1, RPE>(taps, n, c0, Wp, acc0, acc1);
-    case 2: return gather2_block<T, 2, RPE>(taps, n, c0, Wp, acc0, acc1);
-    case 3: return gather2_block<T, 3, RPE>(taps, n, c0, Wp, acc0, acc1);
-    case 4: return gather2_block<T, 4, RPE>(taps, n, c0, Wp, acc0, acc1);
-    case 5: return gather2_block<T, 5, RPE>(taps, n, c0, Wp, acc0, acc1);
-    case 6: return gather2_block<T, 6, RPE>(taps, n, c0, Wp, acc0, acc1);
-    case 7: return gather2_block<T, 7, RPE>(taps, n, c0, Wp, acc0, acc1);
-    default: return gather2_block<T, 8, RPE>(taps, n, c0, Wp, acc0, acc1);
+    case 1: return gather2_block<T, 1, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    case 2: return gather2_block<T, 2, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    case 3: return gather2_block<T, 3, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    case 4: return gather2_block<T, 4, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    case 5: return gather2_block<T, 5, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    case 6: return gather2_block<T, 6, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    case 7: return gather2_block<T, 7, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    default: return gather2_block<T, 8, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
   }
 }
 
@@ -213,9 +214,8 @@ inline void gather_pair(const Tap<T>* taps0, int64_t n0, const Tap2<T>* taps2, i
                         Vectorized<T>* acc0, Vectorized<T>* acc1) {
   constexpr int NB = pair_block<T>();
   gather<T, RPE>(taps0, n0, c0, Wp, nc, acc0);  // from zero
-  for (int c = 0; c < kBlock; ++c) acc1[c] = Vectorized<T>(T(0));
-  for (int cc = 0; cc < nc; cc += NB)
-    gather2<T, RPE>(taps2, n2, c0 + cc, Wp, std::min(NB, nc - cc), acc0 + cc, acc1 + cc);
+  for (int cc = 0; cc < nc; cc += NB)  // acc1 from zero
+    gather2<T, RPE, true>(taps2, n2, c0 + cc, Wp, std::min(NB, nc - cc), acc0 + cc, acc1 + cc);
   gather<T, RPE, true>(taps1, n1, c0, Wp, nc, acc1);
 }
 
@@ -357,11 +357,11 @@ class ThreadBuffer {
   ThreadBuffer() = default;
   ThreadBuffer(const ThreadBuffer&) = delete;
   ThreadBuffer& operator=(const ThreadBuffer&) = delete;
-  ~ThreadBuffer() { delete[] p_; }
+  ~ThreadBuffer() { aligned_free(p_); }
   T* get(int64_t n) {
     if (n > n_) {
-      delete[] p_;
-      p_ = new T[n];
+      aligned_free(p_);
+      p_ = aligned_alloc_of<T>(n);
       n_ = n;
     }
     return p_;

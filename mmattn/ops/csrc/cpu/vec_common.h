@@ -5,6 +5,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstdint>
+#include <new>
 
 namespace mmattn {
 namespace cpu {
@@ -13,13 +14,24 @@ namespace {
 
 using at::vec::Vectorized;
 
+// Heap memory of n trivial U (no constructor runs), aligned to a cache line: vector loads from
+// it never straddle two lines.
+template <typename U>
+U* aligned_alloc_of(int64_t n) {
+  return static_cast<U*>(::operator new[](n * sizeof(U), std::align_val_t(64)));
+}
+template <typename U>
+void aligned_free(U* p) {
+  ::operator delete[](p, std::align_val_t(64));
+}
+
 // A heap buffer (no std::vector: its inline members, compiled here with this capability's
-// instruction set, must not be merged with the other translation units').
+// instruction set, must not be merged with the other translation units'), cache-line aligned.
 template <typename U>
 class Scratch {
  public:
-  explicit Scratch(int64_t n) : p_(new U[n]) {}
-  ~Scratch() { delete[] p_; }
+  explicit Scratch(int64_t n) : p_(aligned_alloc_of<U>(n)) {}
+  ~Scratch() { aligned_free(p_); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   U* data() { return p_; }
