@@ -195,12 +195,12 @@ void mask_weights(const StripGeometry& g, T* w_s) {
   });
 }
 
-// d_rpe = scale * sum over the queries of d_logits[t] q[c]: one small GEMM per (batch, head, row)
-// on the strips (zero padding on both), (k*k, Wp) x (Wp, D), without the transposing copies of
-// an einsum, then a sum over batches and rows in a fixed order.
-Tensor rpe_grad(const Tensor& ds_s, const Tensor& q_s, const StripGeometry& g, double scale) {
-  const Tensor part = at::bmm(ds_s.view({g.rows(), g.kk(), g.Wp}),
-                              q_s.view({g.rows(), g.D, g.Wp}).transpose(1, 2));
+// d_rpe = scale * sum over the queries of d_logits[t] q[c]: one small GEMM per (batch, head, row),
+// (k*k, W) x (W, D) from the strips' image columns and q in the op layout (compute dtype), then
+// a sum over batches and rows in a fixed order.
+Tensor rpe_grad(const Tensor& ds_s, const Tensor& q, const StripGeometry& g, double scale) {
+  const Tensor part = at::bmm(ds_s.view({g.rows(), g.kk(), g.Wp}).narrow(2, g.P, g.W),
+                              q.reshape({g.rows(), g.W, g.D}));
   return (part.view({g.B, g.heads, g.H, g.kk(), g.D}).sum({0, 2}) * scale)
       .view({g.heads, g.k, g.k, g.D});
 }
@@ -286,12 +286,6 @@ void set_out(Na2dBuffers<T>& p, const Tensor& out) {
   for (int d = 0; d < 5; ++d) p.os[d] = out.stride(d);
 }
 
-// The strip rows of a (B, heads, H, C, Wp) strip-layout tensor.
-template <typename T>
-StripRows<T> rows_of(const Tensor& s, const StripGeometry& g) {
-  return strip_rows<T>(s.data_ptr<T>(), g, s.size(3));
-}
-
 // A (B, heads, H, W, C) tensor in the compute dtype, any strides, for the kernels' own rings.
 template <typename T>
 OpRows<T> op_rows(const Tensor& x) {
@@ -313,19 +307,19 @@ const T* ptr(const OptTensor& t) {
 
 // d_q = scale * d_logits (k + rpe), with the d_rpb partials when rpb_part is defined, and
 // d_k = scale * d_logits^T q, from d_logits in the strip layout (w_s, invalid slots zero; w: the
-// op layout for the 'clamp' fix-ups, or null).
+// op layout for the 'clamp' fix-ups, or null) and q, k in the op layout (compute dtype).
 template <typename T>
 void logits_backward(const Kernels<T>& kn, const StripGeometry& g, const T* w_s, const T* w,
-                     const Tensor& q_s, const Tensor& k_s, const OptTensor& rpe, const Tensor& dq,
+                     const Tensor& q, const Tensor& k, const OptTensor& rpe, const Tensor& dq,
                      const Tensor& dk, const Tensor& rpb_part, double scale) {
   Na2dBuffers<T> pq;
-  pq.w_s = w_s, pq.w = w, pq.k_s = rows_of<T>(k_s, g), pq.rpe = ptr<T>(rpe);
+  pq.w_s = w_s, pq.w = w, pq.k_op = op_rows<T>(k), pq.rpe = ptr<T>(rpe);
   set_out(pq, dq);
   pq.rpb_part = rpb_part.defined() ? rpb_part.data_ptr<T>() : nullptr;
   pq.scale = static_cast<T>(scale);
   run_rows<T>(kn.aggregate, g, pq);
   Na2dBuffers<T> pk;
-  pk.w_s = w_s, pk.w = w, pk.src_s = rows_of<T>(q_s, g);
+  pk.w_s = w_s, pk.w = w, pk.src_op = op_rows<T>(q);
   set_out(pk, dk);
   pk.scale = pq.scale;
   run_rows<T>(kn.inverse, g, pk);
@@ -333,11 +327,11 @@ void logits_backward(const Kernels<T>& kn, const StripGeometry& g, const T* w_s,
 
 // The d_rpb and d_rpe outputs in the dtype of `like` (empty when not asked for).
 std::tuple<Tensor, Tensor> extras_grads(const Tensor& rpb_part, const OptTensor& rpe,
-                                        const Tensor& ds_s, const Tensor& q_s,
+                                        const Tensor& ds_s, const Tensor& q,
                                         const StripGeometry& g, double scale, const Tensor& like) {
   const auto dtype = like.scalar_type();
   Tensor drpb = rpb_part.defined() ? rpb_part.sum({0, 2}).to(dtype) : none_like(like);
-  Tensor drpe = rpe.has_value() ? rpe_grad(ds_s, q_s, g, scale).to(dtype) : none_like(like);
+  Tensor drpe = rpe.has_value() ? rpe_grad(ds_s, q, g, scale).to(dtype) : none_like(like);
   return {drpb, drpe};
 }
 
@@ -349,12 +343,12 @@ Tensor na2d_qk_cpu(const Tensor& q_in, const Tensor& k_in, const OptTensor& rpb_
   check_na2d_qkv(q_in, k_in, kernel_size, dilation, clamp);
   check_na2d_extras(q_in, rpb_in, rpe_in, std::nullopt, kernel_size, clamp);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
-  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1);
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in);
   const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in);
-  Tensor out_s = strip_buffer(2, {g.B, g.heads, g.H, g.kk(), g.Wp}, q_s.options());
-  AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_cpu", [&] {
+  Tensor out_s = strip_buffer(2, {g.B, g.heads, g.H, g.kk(), g.Wp}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_qk_cpu", [&] {
     Na2dBuffers<scalar_t> p;
-    p.q_s = rows_of<scalar_t>(q_s, g), p.k_s = rows_of<scalar_t>(k_s, g);
+    p.q_op = op_rows<scalar_t>(q), p.k_op = op_rows<scalar_t>(k);
     p.rpb = ptr<scalar_t>(rpb);
     SeparableRpe sep;
     set_rpe(p, rpe, sep);
@@ -373,20 +367,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_qk_backward_cpu(
   check_na2d_attn(grad_in, q_in, kernel_size);
   check_na2d_extras(q_in, std::nullopt, rpe_in, std::nullopt, kernel_size, clamp);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
-  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in),
                w_s = to_strip(grad_in, g, 2);
   const Tensor grad = clamp ? compute_dtype(grad_in) : Tensor();  // the border fix-ups' input
   const OptTensor rpe = compute_dtype(rpe_in);
-  const auto opts = q_s.options();
+  const auto opts = q.options();
   Tensor dq = output_like(q_in), dk = output_like(k_in);
   Tensor rpb_part = rpb_partials(with_rpb, g, opts, 3);
-  AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_qk_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_qk_backward_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     logits_backward<scalar_t>(kernels<scalar_t>(), g, w_s.data_ptr<scalar_t>(),
-                              ptr<scalar_t>(grad), q_s, k_s, rpe, dq, dk, rpb_part, scale);
+                              ptr<scalar_t>(grad), q, k, rpe, dq, dk, rpb_part, scale);
   });
   const auto dtype = q_in.scalar_type();
-  const auto [drpb, drpe] = extras_grads(rpb_part, rpe, w_s, q_s, g, scale, q_in);
+  const auto [drpb, drpe] = extras_grads(rpb_part, rpe, w_s, q, g, scale, q_in);
   return {dq.to(dtype), dk.to(dtype), drpb, drpe};
 }
 
@@ -395,13 +389,13 @@ Tensor na2d_av_cpu(const Tensor& attn_in, const Tensor& v_in, int64_t kernel_siz
   check_na2d_qkv(v_in, v_in, kernel_size, dilation, clamp);
   check_na2d_attn(attn_in, v_in, kernel_size);
   const StripGeometry g = strip_geometry(v_in, kernel_size, dilation, clamp);
-  const Tensor w_s = to_strip(attn_in, g, 0), v_s = to_strip(v_in, g, 1);
+  const Tensor w_s = to_strip(attn_in, g, 0), v = in_compute_type(v_in);
   const Tensor attn = clamp ? compute_dtype(attn_in) : Tensor();
   Tensor out = output_like(v_in);
-  AT_DISPATCH_FLOATING_TYPES(v_s.scalar_type(), "na2d_av_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_av_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     Na2dBuffers<scalar_t> p;
-    p.w_s = w_s.data_ptr<scalar_t>(), p.w = ptr<scalar_t>(attn), p.k_s = rows_of<scalar_t>(v_s, g);
+    p.w_s = w_s.data_ptr<scalar_t>(), p.w = ptr<scalar_t>(attn), p.k_op = op_rows<scalar_t>(v);
     set_out(p, out);
     run_rows<scalar_t>(kernels<scalar_t>().aggregate, g, p);
   });
@@ -414,21 +408,21 @@ std::tuple<Tensor, Tensor> na2d_av_backward_cpu(const Tensor& grad_in, const Ten
   check_na2d_qkv(v_in, grad_in, kernel_size, dilation, clamp);
   check_na2d_attn(attn_in, v_in, kernel_size);
   const StripGeometry g = strip_geometry(v_in, kernel_size, dilation, clamp);
-  const Tensor g_s = to_strip(grad_in, g, 0), v_s = to_strip(v_in, g, 1),
+  const Tensor go = in_compute_type(grad_in), v = in_compute_type(v_in),
                w_s = to_strip(attn_in, g, 2);
   const Tensor attn = clamp ? compute_dtype(attn_in) : Tensor();
-  Tensor dattn_s = strip_buffer(3, {g.B, g.heads, g.H, g.kk(), g.Wp}, v_s.options());
+  Tensor dattn_s = strip_buffer(3, {g.B, g.heads, g.H, g.kk(), g.Wp}, v.options());
   Tensor dv = output_like(v_in);
-  AT_DISPATCH_FLOATING_TYPES(v_s.scalar_type(), "na2d_av_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_av_backward_cpu", [&] {
     mask_weights<scalar_t>(g, w_s.data_ptr<scalar_t>());
     const Kernels<scalar_t> kn = kernels<scalar_t>();
     Na2dBuffers<scalar_t> p;
-    p.q_s = rows_of<scalar_t>(g_s, g), p.k_s = rows_of<scalar_t>(v_s, g);
+    p.q_op = op_rows<scalar_t>(go), p.k_op = op_rows<scalar_t>(v);
     p.out = dattn_s.data_ptr<scalar_t>();
     run_rows<scalar_t>(kn.logits, g, p);
     Na2dBuffers<scalar_t> pv;
     pv.w_s = w_s.data_ptr<scalar_t>(), pv.w = ptr<scalar_t>(attn);
-    pv.src_s = rows_of<scalar_t>(g_s, g);
+    pv.src_op = op_rows<scalar_t>(go);
     set_out(pv, dv);
     run_rows<scalar_t>(kn.inverse, g, pv);
   });
@@ -509,29 +503,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu
                   attn_s_in.is_contiguous() && attn_s_in.scalar_type() == compute_type(q_in),
               "na2d_fused_train_backward: attn_s must be the contiguous (B, heads, H, k*k, Wp) "
               "probabilities of na2d_fused_train, got ", attn_s_in.sizes());
-  const Tensor q_s = to_strip(q_in, g, 0), k_s = to_strip(k_in, g, 1),
-               v_s = to_strip(v_in, g, 2), g_s = to_strip(grad_in, g, 3);
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in),
+               go = in_compute_type(grad_in);
   const OptTensor rpe = compute_dtype(rpe_in);
-  const auto opts = q_s.options();
+  const auto opts = q.options();
   Tensor ds_s = strip_buffer(4, {g.B, g.heads, g.H, g.kk(), g.Wp}, opts);
   Tensor dq = output_like(q_in), dk = output_like(k_in), dv = output_like(v_in);
   Tensor rpb_part = rpb_partials(with_rpb, g, opts, 5);
-  AT_DISPATCH_FLOATING_TYPES(q_s.scalar_type(), "na2d_fused_train_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_fused_train_backward_cpu", [&] {
     const Kernels<scalar_t> kn = kernels<scalar_t>();
     const scalar_t* attn_s = attn_s_in.data_ptr<scalar_t>();
     Na2dBuffers<scalar_t> ps;  // d_logits
-    ps.q_s = rows_of<scalar_t>(g_s, g), ps.k_s = rows_of<scalar_t>(v_s, g), ps.w_s = attn_s;
+    ps.q_op = op_rows<scalar_t>(go), ps.k_op = op_rows<scalar_t>(v), ps.w_s = attn_s;
     ps.out = ds_s.data_ptr<scalar_t>();
     run_rows<scalar_t>(kn.softmax_grad, g, ps);
     Na2dBuffers<scalar_t> pv;  // d_v
-    pv.w_s = attn_s, pv.src_s = rows_of<scalar_t>(g_s, g);
+    pv.w_s = attn_s, pv.src_op = op_rows<scalar_t>(go);
     set_out(pv, dv);
     run_rows<scalar_t>(kn.inverse, g, pv);
-    logits_backward<scalar_t>(kn, g, ds_s.data_ptr<scalar_t>(), nullptr, q_s, k_s, rpe, dq, dk,
+    logits_backward<scalar_t>(kn, g, ds_s.data_ptr<scalar_t>(), nullptr, q, k, rpe, dq, dk,
                               rpb_part, scale);  // d_q, d_rpb partials, d_k
   });
   const auto dtype = q_in.scalar_type();
-  const auto [drpb, drpe] = extras_grads(rpb_part, rpe, ds_s, q_s, g, scale, q_in);
+  const auto [drpb, drpe] = extras_grads(rpb_part, rpe, ds_s, q, g, scale, q_in);
   return {dq.to(dtype), dk.to(dtype), dv.to(dtype), drpb, drpe};
 }
 

@@ -41,27 +41,21 @@ struct StripGeometry {
   bool border_col(int64_t j) const { return clamp && (j < P || j >= W - P); }
 };
 
-// The D-channel strip rows a kernel reads: plane row r's (D, Wp) block, from column P on, at
-// base + (r & mask) * stride. A whole tensor in the strip layout (strip_rows) has mask ~0; the
-// per-thread ring of a kernel that copies its rows itself (na2d_vec.h: StripRing) has n slots, a
-// power of two, and mask n - 1.
+// The D-channel strip rows a kernel reads (q, k, v, d_out), in its per-thread ring (na2d_vec.h:
+// StripRing) of n slots, n a power of two: plane row r's (D, Wp) block, from column P on, at
+// base + (r & mask) * stride, mask = n - 1.
 template <typename T>
 struct StripRows {
   const T* base = nullptr;
-  int64_t mask = ~int64_t(0);
+  int64_t mask = 0;
   int64_t stride = 0;
   const T* operator()(int64_t r) const { return base + (r & mask) * stride; }
 };
 
-// The strip rows of a whole (rows, C, Wp) strip-layout tensor at s.
-template <typename T>
-StripRows<T> strip_rows(const T* s, const StripGeometry& g, int64_t C) {
-  return {s + g.P, ~int64_t(0), C * g.Wp};
-}
-
-// An input in the op layout (B, heads, H, W, C) with element strides st, any strides: the fused
-// kernel copies the rows each thread reads into per-thread rings itself (transpose_to_strip), so
-// that they go through the cache once, instead of through a whole-tensor strip copy.
+// A D-channel input in the op layout (B, heads, H, W, D) with element strides st, any strides,
+// in the compute dtype: each thread copies the rows it reads into its ring (transpose_to_strip)
+// as its rows come, so that the input crosses memory once and the strip rows stay in cache,
+// instead of a whole-tensor strip copy.
 template <typename T>
 struct OpRows {
   const T* data = nullptr;
@@ -70,14 +64,13 @@ struct OpRows {
 
 template <typename T>
 struct Na2dBuffers {
-  StripRows<T> q_s;  // strip layout (rows, D, Wp): q, or d_out for d_attn
-  StripRows<T> k_s;  // strip layout (rows, D, Wp): k, v (d_attn, av) or k (d_q)
-  StripRows<T> v_s;  // strip layout (rows, D, Wp): v of the fused kernel
-  // fused kernel: q, k, v in the op layout instead (all three set, or none), in the compute dtype
-  OpRows<T> q_op, k_op, v_op;
+  // The D-channel inputs in the op layout, those the kernel reads: q, or d_out for d_attn; k, or
+  // v (d_attn, av); v of the fused kernel; src: q (d_k) or d_out (d_v).
+  OpRows<T> q_op, k_op, v_op, src_op;
+  // Their strip rows, set by the kernel (its rings).
+  StripRows<T> q_s, k_s, v_s, src_s;
   const T* w_s = nullptr;  // strip layout (rows, k*k, Wp): attn or d_logits, invalid slots zeroed
   const T* w = nullptr;    // (rows, W, k*k): the same weights in the op's layout (fix-ups)
-  StripRows<T> src_s;      // strip layout (rows, D, Wp): q (d_k) or d_out (d_v)
   const T* rpb = nullptr;  // (heads, 2k-1, 2k-1)
   const T* rpe = nullptr;  // (heads, k, k, D)
   // An additively separable rpe of the logits kernels, rpe[h, a, b, c] = rpe_a[h, a, c] +

@@ -380,22 +380,24 @@ inline int64_t pow2_at_least(int64_t n) {
 }
 
 // A per-thread ring of strip rows of one op-layout input (OpRows): load(r) copies plane row r
-// (its (W, C) plane, transpose_to_strip) into slot r % n unless the slot holds it already;
-// rows() addresses the slots. The caller loads every row a step reads before the step, and the
-// rows of one step span fewer than n plane rows, so that a load never evicts a row in use. Rows
-// are loaded in ascending order, each once while it stays in use. `slot`: which of the thread's
-// ring buffers (one per input of a kernel); n == 0: an unused ring.
+// (its (W, C) plane, transpose_to_strip) into slot r % n unless the slot holds it already. The
+// caller loads every row a step reads before the step, and the rows of one step span at most n
+// plane rows, so that a load never evicts a row in use; rows are loaded in ascending order, each
+// once while it stays in use. The constructor points `rows` (the kernel's StripRows of the
+// input) at the ring. `slot`: which of the thread's ring buffers (one per input of a kernel).
 template <typename T>
 class StripRing {
  public:
-  StripRing(const OpRows<T>& src, const StripGeometry& g, int64_t C, int64_t n, int slot)
+  StripRing(const OpRows<T>& src, StripRows<T>& rows, const StripGeometry& g, int64_t C,
+            int64_t n, int slot)
       : src_(src), g_(g), C_(C), n_(n) {
     thread_local ThreadBuffer<T> data[3];
     thread_local ThreadBuffer<int64_t> held[3];
-    if (n == 0) return;  // unused (the kernel reads whole strip tensors)
-    buf_ = data[slot].get(n * C * g.Wp);
-    held_ = held[slot].get(n);
-    for (int64_t s = 0; s < n; ++s) held_[s] = -1;
+    TORCH_INTERNAL_ASSERT(src.data != nullptr && n > 0 && (n & (n - 1)) == 0);
+    buf_ = data[slot].get(n_ * C * g.Wp);
+    held_ = held[slot].get(n_);
+    for (int64_t s = 0; s < n_; ++s) held_[s] = -1;
+    rows = {buf_ + g_.P, n_ - 1, C_ * g_.Wp};
   }
   StripRing(const StripRing&) = delete;
   StripRing& operator=(const StripRing&) = delete;
@@ -410,7 +412,6 @@ class StripRing {
                                g_.Wp);
     held_[s] = r;
   }
-  StripRows<T> rows() const { return {buf_ + g_.P, n_ - 1, C_ * g_.Wp}; }
 
  private:
   const OpRows<T>& src_;
@@ -419,6 +420,29 @@ class StripRing {
   T* buf_ = nullptr;
   int64_t* held_ = nullptr;
 };
+
+// Ring sizes. A step is one row or a pair (i, i + d) of for_row_pairs: its query rows span d + 1
+// plane rows, its windows k*d + 1; the query rows that see one key row span (k-1)*d + 1 rows
+// ('mask') or up to (2k-2)*d + 1 ('clamp': shifted windows), a pair of key rows d more.
+inline int64_t query_ring(const StripGeometry& g) { return pow2_at_least(g.d + 1); }
+inline int64_t window_ring(const StripGeometry& g) { return pow2_at_least(g.k * g.d + 1); }
+inline int64_t inverse_ring(const StripGeometry& g) {
+  return pow2_at_least((g.clamp ? 2 * g.k - 1 : g.k) * g.d + 1);
+}
+
+// Loads query row ri and the key rows of its window: q into `q` (or null), keys into `a` and `b`
+// (or null).
+template <typename T>
+inline void load_window(const StripGeometry& g, const RowInfo& ri, StripRing<T>* q,
+                        StripRing<T>* a, StripRing<T>* b) {
+  if (q) q->load(ri.row);
+  for (int64_t t = 0; t < g.k; ++t) {
+    const int64_t ki = tap_coord(ri.wi, t, g.d);
+    if (ki < 0) continue;
+    if (a) a->load(ri.bh * g.H + ki);
+    if (b) b->load(ri.bh * g.H + ki);
+  }
+}
 
 // Logits of query (row, j) for every slot, per query (the clamped border columns): `lg`, kk.
 template <typename T>
@@ -769,19 +793,10 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t
   // query row that reads it comes. The rows of a step (one query row, or a pair i, i + d) span
   // at most d + 1 query rows and k*d + 1 key rows.
   Na2dBuffers<T> p = p_in;
-  const bool rings = p.q_op.data != nullptr;
-  StripRing<T> q_ring(p.q_op, g, D, rings ? pow2_at_least(g.d + 1) : 0, 0);
-  StripRing<T> k_ring(p.k_op, g, D, rings ? pow2_at_least(k * g.d + 1) : 0, 1);
-  StripRing<T> v_ring(p.v_op, g, D, rings ? pow2_at_least(k * g.d + 1) : 0, 2);
-  if (rings) p.q_s = q_ring.rows(), p.k_s = k_ring.rows(), p.v_s = v_ring.rows();
-  auto load = [&](const RowInfo& ri) {
-    if (!rings) return;
-    q_ring.load(ri.row);
-    for (int64_t a = 0; a < k; ++a) {
-      const int64_t ki = tap_coord(ri.wi, a, g.d);
-      if (ki >= 0) k_ring.load(ri.bh * g.H + ki), v_ring.load(ri.bh * g.H + ki);
-    }
-  };
+  StripRing<T> q_ring(p.q_op, p.q_s, g, D, query_ring(g), 0);
+  StripRing<T> k_ring(p.k_op, p.k_s, g, D, window_ring(g), 1);
+  StripRing<T> v_ring(p.v_op, p.v_s, g, D, window_ring(g), 2);
+  auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, &q_ring, &k_ring, &v_ring); };
   Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
   Scratch<T> scratch(logits_scratch_size(g, L));
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
@@ -866,10 +881,15 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t
 }
 
 template <typename T>
-void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
+void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t r0,
+                      int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
+  Na2dBuffers<T> p = p_in;  // q_op, k_op: rings (see fused_rows_impl)
+  StripRing<T> q_ring(p.q_op, p.q_s, g, g.D, query_ring(g), 0);
+  StripRing<T> k_ring(p.k_op, p.k_s, g, g.D, window_ring(g), 1);
+  auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, &q_ring, &k_ring, nullptr); };
   Scratch<T> lg0(kk * L), lg1(kk * L), one(kk), scratch(logits_scratch_size(g, L));
   auto store = [&](int64_t row, int64_t j0, const T* lg) {  // strip layout (kk, Wp)
     T* out = p.out + row * kk * g.Wp + g.P + j0;
@@ -885,6 +905,7 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
     }
   };
   auto one_row = [&](const RowInfo& ri) {
+    load(ri);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       strip_logits<T>(g, p, ri, j0, lg0.data(), scratch.data());
       store(ri.row, j0, lg0.data());
@@ -892,6 +913,8 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
     border(ri);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    load(ri0);
+    load(ri1);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), scratch.data());
       store(ri0.row, j0, lg0.data());
@@ -904,11 +927,14 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r
 }
 
 template <typename T>
-void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0,
+void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t r0,
                          int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), R = g.R(), D = g.D;
+  Na2dBuffers<T> p = p_in;  // k_op: a ring (see fused_rows_impl)
+  StripRing<T> k_ring(p.k_op, p.k_s, g, D, window_ring(g), 0);
+  auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, nullptr, &k_ring, nullptr); };
   Scratch<T> tmp(kBlock * L);
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
   Scratch<Tap2<T>> taps2(kk);
@@ -945,6 +971,7 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
                            out_row + j * sw, sc, p.rpb_part ? p.rpb_part + row * R * R : nullptr);
   };
   auto one_row = [&](const RowInfo& ri) {
+    load(ri);
     T* out_row = out_row_of<T>(g, p, ri.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
@@ -966,6 +993,8 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
     finish_row(ri, out_row);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    load(ri0);
+    load(ri1);
     T* out0 = out_row_of<T>(g, p, ri0.row);
     T* out1 = out_row_of<T>(g, p, ri1.row);
     const int64_t kf = tap_coord(ri0.wi, 0, g.d), kl = tap_coord(ri1.wi, k - 1, g.d);
@@ -1007,11 +1036,15 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_
 // dP[t] = d_out . v[t] (the logits kernel with q_s = d_out strips, k_s = v strips) and P the
 // saved probabilities (w_s), all in the strip layout ('mask' only; invalid slots have P = 0).
 template <typename T>
-void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0,
+void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t r0,
                             int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
+  Na2dBuffers<T> p = p_in;  // q_op (d_out), k_op (v): rings (see fused_rows_impl)
+  StripRing<T> q_ring(p.q_op, p.q_s, g, g.D, query_ring(g), 0);
+  StripRing<T> k_ring(p.k_op, p.k_s, g, g.D, window_ring(g), 1);
+  auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, &q_ring, &k_ring, nullptr); };
   Scratch<T> lg0(kk * L), lg1(kk * L), scratch(logits_scratch_size(g, L));
   auto finish = [&](int64_t row, int64_t j0, const T* lg) {  // lg: dP of the vector at j0
     const T* pr = p.w_s + row * kk * g.Wp + g.P + j0;
@@ -1023,6 +1056,7 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
       ((V::loadu(lg + t * L) - s) * V::loadu(pr + t * g.Wp)).store(out + t * g.Wp);
   };
   auto one_row = [&](const RowInfo& ri) {
+    load(ri);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       strip_logits<T>(g, p, ri, j0, lg0.data(), scratch.data());
       finish(ri.row, j0, lg0.data());
@@ -1030,6 +1064,8 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int
     zero_padding<T>(g, p.out + ri.row * kk * g.Wp + g.P, kk);
   };
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
+    load(ri0);
+    load(ri1);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), scratch.data());
       finish(ri0.row, j0, lg0.data());
@@ -1074,10 +1110,16 @@ inline int64_t inverse_split(const InverseRows& l0, const InverseRows& l1) {
 }
 
 template <typename T>
-void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t r0, int64_t r1) {
+void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t r0,
+                       int64_t r1) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
+  Na2dBuffers<T> p = p_in;  // src_op: a ring over the query rows (see fused_rows_impl)
+  StripRing<T> src_ring(p.src_op, p.src_s, g, D, inverse_ring(g), 0);
+  auto load = [&](const RowInfo& ri, const InverseRows& qr) {
+    for (int64_t x = 0; x < qr.n; ++x) src_ring.load(ri.bh * g.H + qr.rows[x]);
+  };
   // With border 'clamp' up to 2k-1 query rows share a key row (windows shifted at the border).
   Scratch<T> tmp(kBlock * L);
   Scratch<Tap<T>> taps((2 * k - 1) * k), taps0((2 * k - 1) * k), taps1((2 * k - 1) * k);
@@ -1115,6 +1157,7 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
   InverseRows q0(k), q1(k);
   auto one_row = [&](const RowInfo& ri) {
     inverse_rows_of(g, ri.i, q0);
+    load(ri, q0);
     T* out_row = out_row_of<T>(g, p, ri.row);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
@@ -1132,6 +1175,8 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p, int64_t 
   auto two_rows = [&](const RowInfo& ri0, const RowInfo& ri1) {
     inverse_rows_of(g, ri0.i, q0);
     inverse_rows_of(g, ri1.i, q1);
+    load(ri0, q0);
+    load(ri1, q1);
     const int64_t lead = inverse_split(q0, q1), shared = q0.n - lead;
     T* out0 = out_row_of<T>(g, p, ri0.row);
     T* out1 = out_row_of<T>(g, p, ri1.row);
