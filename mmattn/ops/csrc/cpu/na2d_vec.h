@@ -240,6 +240,24 @@ inline Vectorized<T> vexp(const Vectorized<T>& x) {
     y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(y, n);
   }
+#elif defined(CPU_CAPABILITY_AVX2)
+  // AVX2 float: the same, with 2^n built in the exponent field (n >= -126 after the clamp, so
+  // the field stays normal): 14 instructions instead of exp_u20's 19.
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 v = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // max(c, NaN) is NaN
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_fmadd_ps(r, _mm256_set1_ps(0.00828929059f), _mm256_set1_ps(0.0418978221f));
+    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(0.166676521f));
+    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(0.499991506f));
+    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(0.999999701f));
+    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  }
 #endif
   if constexpr (std::is_same_v<T, float>) return x.exp_u20();
   else return x.exp();
