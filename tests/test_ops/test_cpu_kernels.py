@@ -195,3 +195,43 @@ def test_reused_strip_buffers_hold_no_stale_data():
             for name, a, b in zip('q k v rpb rpe'.split(), grads, ref_grads):
                 assert (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item()), \
                     (name, dtype, H, W, D, border)
+
+
+@pytest.mark.parametrize('border,ks,dilation', [
+    ('mask', 7, 1),   # a row pair reads k + 1 = 8 consecutive key rows: the ring of 8, full
+    ('mask', 3, 1),   # 4 rows, the ring of 4, full
+    ('mask', 5, 3),   # rows 3 apart over k*d + 1 = 16 rows, the ring of 16
+    ('mask', 3, 3),   # over 10 rows, the ring of 16
+    ('clamp', 3, 3),  # d_k/d_v: a key-row pair's query rows span (2k-1)*d + 1 = 16 rows
+    ('clamp', 5, 1),  # 10 rows, the ring of 16; pairs and single rows at the shifted borders
+])
+@pytest.mark.parametrize('threads', [1, 3])
+def test_strip_rings_at_their_tightest(border, ks, dilation, threads):
+    """Every kernel copies the q/k/v/d_out rows it reads into per-thread rings of a power of two
+    rows, sized for the rows one step (a row or a pair of rows) reads; a ring too small evicts
+    rows still in use (halving the window rings fails the d=1 cases). Windows that fill their
+    ring, several planes, and thread splits inside a plane (1 or 3 threads over 2 x 2 planes of
+    19 rows): forward and every gradient in float64 against the reference, through the fused
+    ops ('mask') and the three-op path ('clamp', and 'mask' with a bias)."""
+    from mmattn.ops import na2d, na2d_reference
+    torch.manual_seed(0)
+    H, W, D = 19, 3 * ks * dilation + 2, 6
+    q, k, v = (torch.randn(2, 2, H, W, D, dtype=torch.float64).requires_grad_()
+               for _ in range(3))
+    rpb = torch.randn(2, 2 * ks - 1, 2 * ks - 1, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(2, 2, H, W, ks * ks, dtype=torch.float64).requires_grad_()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for extra in (dict(rpb=rpb), dict(rpb=rpb, bias=bias)):
+            inputs = (q, k, v) + tuple(extra.values())
+            out = na2d(q, k, v, ks, dilation, border, **extra)
+            grads = torch.autograd.grad((out * out).sum(), inputs)
+            ref = na2d_reference(q, k, v, ks, dilation, border, **extra)
+            ref_grads = torch.autograd.grad((ref * ref).sum(), inputs)
+            assert (out - ref).abs().max().item() < 1e-10, sorted(extra)
+            for name, a, b in zip(['q', 'k', 'v'] + sorted(extra, key=list(extra).index),
+                                  grads, ref_grads):
+                assert (a - b).abs().max().item() < 1e-9, (name, sorted(extra))
+    finally:
+        torch.set_num_threads(previous)

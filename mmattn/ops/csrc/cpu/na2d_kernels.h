@@ -2,10 +2,13 @@
 // (na2d_vec.h), which are compiled once per CPU capability (DEFAULT, AVX2, AVX512) and picked at
 // run time from ATen's capability (at::native::get_cpu_capability(), ATEN_CPU_CAPABILITY).
 //
-// Strip layout. The kernels read q, k, v (and the k*k weights of the backward passes) from a
-// "strip" copy: per (batch, head, row) plane a (C, Wp) block, C = D or k*k, W-contiguous, with P =
-// (k/2)*dilation zero columns on the left and at least P on the right, and Wp - 2P a multiple of
-// 16 (the widest vector). A vector of L consecutive queries j0..j0+L-1 then reads the keys of
+// Strip layout. The kernels read q, k, v, d_out (and the k*k weights of the backward passes) in
+// a "strip" layout: per (batch, head, row) plane a (C, Wp) block, C = D or k*k, W-contiguous, with
+// P = (k/2)*dilation zero columns on the left and at least P on the right, and Wp - 2P a multiple
+// of 16 (the widest vector). The D-channel inputs come in the op layout, and each thread copies
+// the rows it is about to read into a small ring of such blocks (StripRows, OpRows), so each
+// row crosses memory once and is read from cache by the k rows whose windows hold it; the k*k
+// weights are whole-tensor strip copies (na2d.cpp: to_strip). A vector of L consecutive queries j0..j0+L-1 then reads the keys of
 // window column b with one unaligned load at column P + j0 + (b - k/2)*dilation, for every d.
 // This holds for every query whose window is not shifted by the border, that is for all of them
 // with border 'mask' (taps outside the map are masked) and for the columns [P, W - P) with
