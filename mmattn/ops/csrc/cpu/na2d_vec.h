@@ -544,10 +544,13 @@ inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const 
   const V vscale(p.scale), vinvalid(p.invalid);
   for (int bb = 0; bb < nb; ++bb) {
     const int64_t b = b0 + bb;
+    // explicit FMAs: gcc's own contraction of a multiply and an add can differ between the
+    // inlined copies of the one-row and row-pair kernels (seen: other bits with other thread
+    // counts), so the arithmetic is spelled out
     V x = sep ? at::vec::fmadd(acc[bb], vscale,
                                V::loadu(sep + a * L) + V::loadu(sep + (k + b) * L))
-              : acc[bb] * vscale;
-    if (rpb) x = x + V(rpb[b]);
+              : rpb ? at::vec::fmadd(acc[bb], vscale, V(rpb[b])) : acc[bb] * vscale;
+    if (sep && rpb) x = x + V(rpb[b]);
     if (cmask) x = V::blendv(vinvalid, x, V::loadu(cmask + b * L));
     x.store(lg + (a * k + b) * L);
   }
