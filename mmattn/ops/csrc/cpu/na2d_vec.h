@@ -220,43 +220,37 @@ inline void gather_pair(const Tap<T>* taps0, int64_t n0, const Tap2<T>* taps2, i
 }
 
 // exp of the softmax's x - max <= 0 (-inf on invalid slots, which the caller blends to 0).
-// AVX-512 float: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 in [-ln2/2, ln2/2],
-// exp(r) by the degree-5 polynomial of ATen's exp_u20 and 2^n by vscalefps: 11 instructions
-// instead of exp_u20's 18, since x <= 0 needs no overflow branch. x is clamped at -87 (exp > the
-// smallest normal float, so no denormals reach the aggregation); NaN propagates.
+// AVX-512 and AVX2 float: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 in
+// [-ln2/2, ln2/2], exp(r) by the degree-5 polynomial of ATen's exp_u20, and 2^n by vscalefps
+// (AVX-512) or built in the exponent field (AVX2; n >= -126 after the clamp, so it stays normal):
+// 11 and 14 instructions instead of exp_u20's 18 and 19, since x <= 0 needs no overflow branch.
+// x is clamped at -87 (exp > the smallest normal float, so no denormals reach the aggregation);
+// NaN propagates (max(c, NaN) is NaN).
 template <typename T>
 inline Vectorized<T> vexp(const Vectorized<T>& x) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    using V = Vectorized<float>;
 #if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512 v = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);  // max(c, NaN) is NaN
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);  // ln 2 = hi + lo (Cody-Waite)
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_fmadd_ps(r, _mm512_set1_ps(0.00828929059f), _mm512_set1_ps(0.0418978221f));
-    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(0.166676521f));
-    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(0.499991506f));
-    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(0.999999701f));
-    y = _mm512_fmadd_ps(r, y, _mm512_set1_ps(1.0f));
+    const V v = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
+#else
+    const V v = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+#endif
+    const V n = (v * V(1.44269504f)).round();
+    V r = at::vec::fmadd(n, V(-0.693359375f), v);  // ln 2 = hi + lo (Cody-Waite)
+    r = at::vec::fmadd(n, V(2.12194440e-4f), r);
+    V y = at::vec::fmadd(r, V(0.00828929059f), V(0.0418978221f));
+    y = at::vec::fmadd(r, y, V(0.166676521f));
+    y = at::vec::fmadd(r, y, V(0.499991506f));
+    y = at::vec::fmadd(r, y, V(0.999999701f));
+    y = at::vec::fmadd(r, y, V(1.0f));
+#if defined(CPU_CAPABILITY_AVX512)
     return _mm512_scalef_ps(y, n);
-  }
-#elif defined(CPU_CAPABILITY_AVX2)
-  // AVX2 float: the same, with 2^n built in the exponent field (n >= -126 after the clamp, so
-  // the field stays normal): 14 instructions instead of exp_u20's 19.
-  if constexpr (std::is_same_v<T, float>) {
-    const __m256 v = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // max(c, NaN) is NaN
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_fmadd_ps(r, _mm256_set1_ps(0.00828929059f), _mm256_set1_ps(0.0418978221f));
-    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(0.166676521f));
-    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(0.499991506f));
-    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(0.999999701f));
-    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(1.0f));
+#else
     const __m256i e = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return y * V(_mm256_castsi256_ps(e));
+#endif
   }
 #endif
   if constexpr (std::is_same_v<T, float>) return x.exp_u20();
