@@ -2,14 +2,14 @@
 //
 // The op layout is (B, heads, H, W, D) for q, k, v, out and (B, heads, H, W, k*k) for
 // logits/attn; out, d_q, d_k and d_v take the memory layout of q, k, v (empty_like), logits and
-// d_attn are contiguous. The entry points copy their inputs once into the padded, W-contiguous
-// "strip" layout (na2d_kernels.h; any input strides are accepted, reduced precision is computed
-// in fp32; the fused forward kernels copy the rows each thread reads into per-thread rings
-// instead, so that q, k and v cross memory once) and run the vectorised row kernels of the CPU capability ATen reports (AVX512, AVX2 or the
-// generic DEFAULT build of the same code), parallel over the (B, heads, H) rows with
-// at::parallel_for. Each output element is written by one thread in a fixed order, and the
-// reductions over pixels (d_rpb, d_rpe) are summed in a fixed order, so results are
-// bit-identical from run to run.
+// d_attn are contiguous. The kernels read the padded, W-contiguous "strip" layout (na2d_kernels.h;
+// any input strides are accepted, reduced precision is computed in fp32): each thread copies the
+// q/k/v/d_out rows it reads into its own ring of strip rows, and the entry points copy the k*k
+// weights of the backward passes into whole-tensor strips. They run the vectorised row kernels
+// of the CPU capability ATen reports (AVX512, AVX2 or the generic DEFAULT build of the same
+// code), parallel over the (B, heads, H) rows with at::parallel_for. Each output element is
+// written by one thread in a fixed order, and the reductions over pixels (d_rpb, d_rpe) are
+// summed in a fixed order, so results are bit-identical from run to run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -99,21 +99,26 @@ at::ScalarType compute_type(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// A (B, heads, H, W, C) tensor in the compute dtype, any strides, for the kernels' own rings.
+template <typename T>
+OpRows<T> op_rows(const Tensor& x) {
+  OpRows<T> o;
+  o.data = x.data_ptr<T>();
+  for (int d = 0; d < 5; ++d) o.st[d] = x.stride(d);
+  return o;
+}
+
 // (B, heads, H, W, C), any strides -> zero-padded strip layout (B, heads, H, C, Wp): one pass,
 // parallel over the (B, heads, H) planes, each plane's padding zeroed next to its copy.
 template <typename T>
 void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
   const int64_t C = x.size(4), Wp = g.Wp, P = g.P, W = g.W;
-  const auto st = x.strides();
-  const T* src = x.data_ptr<T>();
+  const OpRows<T> src = op_rows<T>(x);
   T* dst = s.data_ptr<T>();
   const auto to_plane = kernels<T>().transpose_to_strip;
   at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t i = row % g.H, bh = row / g.H, b = bh / g.heads, h = bh % g.heads;
-      const T* in = src + b * st[0] + h * st[1] + i * st[2];
-      to_plane(in, st[3], st[4], dst + row * C * Wp, C, P, W, Wp);
-    }
+    for (int64_t row = begin; row < end; ++row)
+      to_plane(src.plane(g, row), src.st[3], src.st[4], dst + row * C * Wp, C, P, W, Wp);
   });
 }
 
@@ -284,15 +289,6 @@ template <typename T>
 void set_out(Na2dBuffers<T>& p, const Tensor& out) {
   p.out = out.data_ptr<T>();
   for (int d = 0; d < 5; ++d) p.os[d] = out.stride(d);
-}
-
-// A (B, heads, H, W, C) tensor in the compute dtype, any strides, for the kernels' own rings.
-template <typename T>
-OpRows<T> op_rows(const Tensor& x) {
-  OpRows<T> o;
-  o.data = x.data_ptr<T>();
-  for (int d = 0; d < 5; ++d) o.st[d] = x.stride(d);
-  return o;
 }
 
 template <typename T>

@@ -8,11 +8,12 @@
 // of 16 (the widest vector). The D-channel inputs come in the op layout, and each thread copies
 // the rows it is about to read into a small ring of such blocks (StripRows, OpRows), so each
 // row crosses memory once and is read from cache by the k rows whose windows hold it; the k*k
-// weights are whole-tensor strip copies (na2d.cpp: to_strip). A vector of L consecutive queries j0..j0+L-1 then reads the keys of
-// window column b with one unaligned load at column P + j0 + (b - k/2)*dilation, for every d.
-// This holds for every query whose window is not shifted by the border, that is for all of them
-// with border 'mask' (taps outside the map are masked) and for the columns [P, W - P) with
-// border 'clamp'; the few clamped border columns are computed per query ("scalar fix-ups").
+// weights are whole-tensor strip copies (na2d.cpp: to_strip). A vector of L consecutive queries
+// j0..j0+L-1 then reads the keys of window column b with one unaligned load at column
+// P + j0 + (b - k/2)*dilation, for every d. This holds for every query whose window is not
+// shifted by the border, that is for all of them with border 'mask' (taps outside the map are
+// masked) and for the columns [P, W - P) with border 'clamp'; the few clamped border columns are
+// computed per query ("scalar fix-ups").
 #pragma once
 #include <cstdint>
 
@@ -63,6 +64,11 @@ template <typename T>
 struct OpRows {
   const T* data = nullptr;
   int64_t st[5] = {0, 0, 0, 0, 0};
+  // The (W, C) plane of plane row r (of the B * heads * H rows).
+  const T* plane(const StripGeometry& g, int64_t r) const {
+    const int64_t i = r % g.H, bh = r / g.H;
+    return data + (bh / g.heads) * st[0] + (bh % g.heads) * st[1] + i * st[2];
+  }
 };
 
 template <typename T>

@@ -285,7 +285,7 @@ inline void store_out(const Vectorized<T>* acc, int nc, const Vectorized<T>& mul
     return;
   }
   for (int64_t l = 0; l < nv; ++l)
-    for (int c = 0; c < nc; ++c) out_row[(j0 + l) * sw + (c0 + c) * sc] = tmp[c * V::size() + l];
+    for (int c = 0; c < nc; ++c) out_row[(j0 + l) * sw + (c0 + c) * sc] = tmp[c * L + l];
 }
 
 // The output row of query (or key) row `row`: out + b*s0 + h*s1 + i*s2.
@@ -391,25 +391,25 @@ inline int64_t pow2_at_least(int64_t n) {
   return p;
 }
 
-// A per-thread ring of strip rows of one op-layout input (OpRows): load(r) copies plane row r
-// (its (W, C) plane, transpose_to_strip) into slot r % n unless the slot holds it already. The
-// caller loads every row a step reads before the step, and the rows of one step span at most n
-// plane rows, so that a load never evicts a row in use; rows are loaded in ascending order, each
-// once while it stays in use. The constructor points `rows` (the kernel's StripRows of the
+// A per-thread ring of strip rows of one op-layout D-channel input (OpRows): load(r) copies plane
+// row r (its (W, D) plane, transpose_to_strip) into slot r % n unless the slot holds it already.
+// The caller loads every row a step reads before the step, and the rows of one step span at most
+// n plane rows, so that a load never evicts a row in use; rows are loaded in ascending order,
+// each once while it stays in use. The constructor points `rows` (the kernel's StripRows of the
 // input) at the ring. `slot`: which of the thread's ring buffers (one per input of a kernel).
 template <typename T>
 class StripRing {
  public:
-  StripRing(const OpRows<T>& src, StripRows<T>& rows, const StripGeometry& g, int64_t C,
-            int64_t n, int slot)
-      : src_(src), g_(g), C_(C), n_(n) {
+  StripRing(const OpRows<T>& src, StripRows<T>& rows, const StripGeometry& g, int64_t n,
+            int slot)
+      : src_(src), g_(g), n_(n) {
     thread_local ThreadBuffer<T> data[3];
     thread_local ThreadBuffer<int64_t> held[3];
     TORCH_INTERNAL_ASSERT(src.data != nullptr && n > 0 && (n & (n - 1)) == 0);
-    buf_ = data[slot].get(n_ * C * g.Wp);
+    buf_ = data[slot].get(n_ * g.D * g.Wp);
     held_ = held[slot].get(n_);
     for (int64_t s = 0; s < n_; ++s) held_[s] = -1;
-    rows = {buf_ + g_.P, n_ - 1, C_ * g_.Wp};
+    rows = {buf_ + g_.P, n_ - 1, g_.D * g_.Wp};
   }
   StripRing(const StripRing&) = delete;
   StripRing& operator=(const StripRing&) = delete;
@@ -417,18 +417,15 @@ class StripRing {
   void load(int64_t r) {
     const int64_t s = r & (n_ - 1);
     if (held_[s] == r) return;
-    const int64_t i = r % g_.H, bh = r / g_.H;
-    const T* in = src_.data + (bh / g_.heads) * src_.st[0] + (bh % g_.heads) * src_.st[1] +
-                  i * src_.st[2];
-    transpose_to_strip_impl<T>(in, src_.st[3], src_.st[4], buf_ + s * C_ * g_.Wp, C_, g_.P, g_.W,
-                               g_.Wp);
+    transpose_to_strip_impl<T>(src_.plane(g_, r), src_.st[3], src_.st[4],
+                               buf_ + s * g_.D * g_.Wp, g_.D, g_.P, g_.W, g_.Wp);
     held_[s] = r;
   }
 
  private:
   const OpRows<T>& src_;
   const StripGeometry& g_;
-  int64_t C_, n_;
+  int64_t n_;
   T* buf_ = nullptr;
   int64_t* held_ = nullptr;
 };
@@ -808,9 +805,9 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t
   // query row that reads it comes. The rows of a step (one query row, or a pair i, i + d) span
   // at most d + 1 query rows and k*d + 1 key rows.
   Na2dBuffers<T> p = p_in;
-  StripRing<T> q_ring(p.q_op, p.q_s, g, D, query_ring(g), 0);
-  StripRing<T> k_ring(p.k_op, p.k_s, g, D, window_ring(g), 1);
-  StripRing<T> v_ring(p.v_op, p.v_s, g, D, window_ring(g), 2);
+  StripRing<T> q_ring(p.q_op, p.q_s, g, query_ring(g), 0);
+  StripRing<T> k_ring(p.k_op, p.k_s, g, window_ring(g), 1);
+  StripRing<T> v_ring(p.v_op, p.v_s, g, window_ring(g), 2);
   auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, &q_ring, &k_ring, &v_ring); };
   Scratch<T> lg0(kk * L), lg1(kk * L), tmp(kBlock * L), one(kk);
   Scratch<T> scratch(logits_scratch_size(g, L));
@@ -902,8 +899,8 @@ void logits_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
   Na2dBuffers<T> p = p_in;  // q_op, k_op: rings (see fused_rows_impl)
-  StripRing<T> q_ring(p.q_op, p.q_s, g, g.D, query_ring(g), 0);
-  StripRing<T> k_ring(p.k_op, p.k_s, g, g.D, window_ring(g), 1);
+  StripRing<T> q_ring(p.q_op, p.q_s, g, query_ring(g), 0);
+  StripRing<T> k_ring(p.k_op, p.k_s, g, window_ring(g), 1);
   auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, &q_ring, &k_ring, nullptr); };
   Scratch<T> lg0(kk * L), lg1(kk * L), one(kk), scratch(logits_scratch_size(g, L));
   auto store = [&](int64_t row, int64_t j0, const T* lg) {  // strip layout (kk, Wp)
@@ -948,7 +945,7 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int
   constexpr int64_t L = V::size();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), R = g.R(), D = g.D;
   Na2dBuffers<T> p = p_in;  // k_op: a ring (see fused_rows_impl)
-  StripRing<T> k_ring(p.k_op, p.k_s, g, D, window_ring(g), 0);
+  StripRing<T> k_ring(p.k_op, p.k_s, g, window_ring(g), 0);
   auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, nullptr, &k_ring, nullptr); };
   Scratch<T> tmp(kBlock * L);
   Scratch<Tap<T>> taps(kk), taps0(k), taps1(k);
@@ -1057,8 +1054,8 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, 
   constexpr int64_t L = V::size();
   const int64_t kk = g.kk();
   Na2dBuffers<T> p = p_in;  // q_op (d_out), k_op (v): rings (see fused_rows_impl)
-  StripRing<T> q_ring(p.q_op, p.q_s, g, g.D, query_ring(g), 0);
-  StripRing<T> k_ring(p.k_op, p.k_s, g, g.D, window_ring(g), 1);
+  StripRing<T> q_ring(p.q_op, p.q_s, g, query_ring(g), 0);
+  StripRing<T> k_ring(p.k_op, p.k_s, g, window_ring(g), 1);
   auto load = [&](const RowInfo& ri) { load_window<T>(g, ri, &q_ring, &k_ring, nullptr); };
   Scratch<T> lg0(kk * L), lg1(kk * L), scratch(logits_scratch_size(g, L));
   auto finish = [&](int64_t row, int64_t j0, const T* lg) {  // lg: dP of the vector at j0
@@ -1131,7 +1128,7 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64
   constexpr int64_t L = V::size();
   const int64_t k = g.k, kk = g.kk(), r = g.r(), D = g.D;
   Na2dBuffers<T> p = p_in;  // src_op: a ring over the query rows (see fused_rows_impl)
-  StripRing<T> src_ring(p.src_op, p.src_s, g, D, inverse_ring(g), 0);
+  StripRing<T> src_ring(p.src_op, p.src_s, g, inverse_ring(g), 0);
   auto load = [&](const RowInfo& ri, const InverseRows& qr) {
     for (int64_t x = 0; x < qr.n; ++x) src_ring.load(ri.bh * g.H + qr.rows[x]);
   };
