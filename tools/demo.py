@@ -12,9 +12,12 @@ import os.path as osp
 import shutil
 import sys
 import time
+import warnings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# setuptools' notice, raised once per importing package of the stack: nothing a user can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
 from mmattn.utils.tools import build_runner, enable_visualization, load_config  # noqa: E402
 

@@ -235,3 +235,50 @@ def test_strip_rings_at_their_tightest(border, ks, dilation, threads):
                 assert (a - b).abs().max().item() < 1e-9, (name, sorted(extra))
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize('case', ['sasa-views', 'bias-dilation2', 'clamp-d16'])
+def test_full_channel_blocks_do_not_depend_on_thread_count(case):
+    """Float32 bits with 1, 3 and 5 threads. Which rows run as pairs (the row-pair kernels) and
+    which alone depends on where a thread's range starts, and the two paths are inlined separately
+    (gcc may contract a multiply and an add into an FMA in one copy and not the other, which
+    once gave other bits with other thread counts). test_na2d's thread test runs D=6; here D=16:
+    full 8-channel blocks, their 8x8 transposed stores and strip copies, a map width of 21 (full
+    vectors and a tail for 8 and 16 lanes) and k=5 (a 4-column register block and one left
+    over), with SASA's separable rpe on W-contiguous views (fused inference and fused training),
+    a bias with dilation 2 (fused inference), and 'clamp' (fused inference)."""
+    from mmattn.layers.sasa_attention import concat_relative_embedding
+    from mmattn.ops import na2d
+    B, heads, H, W, D, ks = 1, 2, 13, 21, 16, 5
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 3, 5):
+            torch.set_num_threads(threads)
+            g = torch.Generator().manual_seed(3)
+            if case == 'sasa-views':
+                x = torch.randn(B, 3 * heads * D, H, W, generator=g).requires_grad_()
+                q, k, v = (t.view(B, heads, D, H, W).permute(0, 1, 3, 4, 2)
+                           for t in x.split(heads * D, dim=1))
+                rel = [torch.randn(heads, ks, D // 2, generator=g).requires_grad_()
+                       for _ in range(2)]
+                kwargs = dict(rpe=concat_relative_embedding(*rel), scale=1.0)
+                with torch.no_grad():
+                    out = [na2d(q, k, v, ks, **kwargs)]
+                trained = na2d(q, k, v, ks, **kwargs)
+                grad_out = torch.randn(trained.shape, generator=g)
+                out += [trained, *torch.autograd.grad(trained, [x] + rel, grad_out)]
+            else:
+                q, k, v = (torch.randn(B, heads, H, W, D, generator=g) for _ in range(3))
+                rpb = torch.randn(heads, 2 * ks - 1, 2 * ks - 1, generator=g)
+                if case == 'bias-dilation2':
+                    bias = torch.randn(B, heads, H, W, ks * ks, generator=g)
+                    out = [na2d(q, k, v, ks, 2, 'mask', rpb=rpb, bias=bias)]
+                else:
+                    out = [na2d(q, k, v, ks, 1, 'clamp', rpb=rpb)]
+            results.append(out)
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        for i, (a, b) in enumerate(zip(results[0], other)):
+            assert torch.equal(a, b), (case, i)

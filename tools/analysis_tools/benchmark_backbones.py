@@ -47,6 +47,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+# setuptools' notice, raised once per importing package of the stack: nothing a user can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 # the timed training step runs LaViT's forward without the training loop's aux-loss hook
 warnings.filterwarnings('ignore', message='LaViT: the diagonality-preserving loss')
 

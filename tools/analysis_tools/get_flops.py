@@ -11,9 +11,13 @@ Examples::
 import argparse
 import os.path as osp
 import sys
+import warnings
 
 import torch
-from mmengine.config import DictAction
+
+# setuptools' notice, raised once per importing package of the stack: nothing a user can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+from mmengine.config import DictAction  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
