@@ -316,3 +316,33 @@ def test_fallback_without_extension(monkeypatch, record_ops, num_threads):
         return call(ghost_head_aggregate, dict(zip(names, tensors)), 3, 2)
 
     assert torch.autograd.gradcheck(fn, tuple(t.values()), **GRADCHECK)
+
+
+def test_channels_last_copy_matches_torch():
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    y = ghost_head.channels_last_copy(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, x)
+
+
+@pytest.mark.skipif(not ghost_head.has_compiled_ops(), reason='mmattn._C is not built')
+def test_channels_last_slice_gets_a_channels_last_gradient():
+    """ELSA's v is a channel slice of a channels-last convolution output: its gradient comes
+    back channels-last, so the split's backward concatenates a channels-last gradient for the
+    convolution (an NCHW one costs mkldnn a slow layout conversion), with the reference's
+    values."""
+    ks = 3
+    t = make_inputs(2, 6, 2, 8, 9, ks, 'mul+add', seed=21)
+    parent = torch.randn(2, 10, 8, 9, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    grad_out = torch.randn(2, 6, 8, 9, dtype=torch.float64)
+    grads = {}
+    for name, fn in (('op', ghost_head_aggregate), ('reference', ghost_head_aggregate_reference)):
+        v = parent[:, 4:]  # channel stride 1, not contiguous
+        out = fn(v, t['attn'], t['ghost_mul'], t['ghost_add'], ks, 1)
+        (out * grad_out).sum().backward()
+        grads[name] = parent.grad
+        parent.grad = None
+    assert grads['op'].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grads['op'], grads['reference'], **FP64_TOL)
+    assert torch.equal(grads['op'][:, :4], torch.zeros_like(grads['op'][:, :4]))
