@@ -79,7 +79,14 @@ class ConvStem(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.relu(self.bn(self.conv(x))))
+        if x.device.type != 'cpu':
+            return self.pool(self.relu(self.bn(self.conv(x))))
+        # On CPU the stem runs channels-last and hands back NCHW: ATen's NCHW max-pool takes
+        # 3.5 ms on the (64, 112, 112) map at 224x224 against 0.2 ms channels-last (2 threads),
+        # and mkldnn's convolution writes its channels-last output without a reorder. The same
+        # values (max-pool and BN are per channel); the README has the figures.
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.pool(self.relu(self.bn(self.conv(x)))).contiguous()
 
 
 class SASAResNet(BaseModule):

@@ -72,6 +72,44 @@ def test_output_shapes(stem, size):
         assert out.shape == (2, 16 * 2**i * 4, -(-size[0] // s), -(-size[1] // s))
 
 
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_conv_stem_channels_last_path_matches_nchw(train):
+    """The CPU stem runs channels-last internally: same values and gradients as ATen's NCHW
+    conv / BN / ReLU / max-pool (float64), NCHW-contiguous output for the attention's views,
+    and the same BN running statistics."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from mmattn.backbones.sasa_resnet import ConvStem
+    torch.manual_seed(0)
+    stem = ConvStem(16).double().train(train)
+    with torch.no_grad():
+        stem.bn.weight.uniform_(0.5, 2)
+        stem.bn.bias.uniform_(-1, 1)
+        stem.bn.running_mean.uniform_(-0.5, 0.5)
+        stem.bn.running_var.uniform_(0.5, 2)
+    ref_stem = copy.deepcopy(stem)
+    x = torch.randn(2, 3, 29, 34, dtype=torch.float64)
+    x_ref = x.clone().requires_grad_()
+    x.requires_grad_()
+    out = stem(x)
+    bn = ref_stem.bn
+    ref = F.max_pool2d(
+        F.relu(F.batch_norm(F.conv2d(x_ref, ref_stem.conv.weight, stride=2, padding=3),
+                            bn.running_mean, bn.running_var, bn.weight, bn.bias, train,
+                            bn.momentum, bn.eps)), 3, 2, 1)
+    assert out.shape == (2, 16, 8, 9) and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    for a, b in [(x.grad, x_ref.grad), (stem.conv.weight.grad, ref_stem.conv.weight.grad),
+                 (stem.bn.weight.grad, ref_stem.bn.weight.grad),
+                 (stem.bn.running_mean, bn.running_mean), (stem.bn.running_var, bn.running_var)]:
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_full_size_shapes():
     outs = SASAResNet(26, out_indices=(0, 1, 2, 3))(torch.randn(1, 3, 112, 137))
     assert [tuple(o.shape[-2:]) for o in outs] == [(28, 35), (14, 18), (7, 9), (4, 5)]

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from mmattn.layers import SASAAttention, SASAStem
+from mmattn.layers.sasa_attention import avg_pool_2x2
 from mmattn.ops import na2d
 
 F64 = dict(dtype=torch.float64)
@@ -25,7 +26,9 @@ def sasa_unfold_reference(layer: SASAAttention, x: torch.Tensor) -> torch.Tensor
     logits = logits + (rows[:, :, :, None] + cols[:, :, None, :]).reshape(B, h, k * k, H, W)
     logits = logits.masked_fill(~valid, float('-inf'))
     out = (logits.softmax(2).unsqueeze(2) * values).sum(3).reshape(B, C, H, W)
-    return layer.pool(out)
+    if layer.stride == 2:
+        return F.avg_pool2d(out, 2, 2, ceil_mode=True, count_include_pad=False)
+    return out
 
 
 @pytest.mark.parametrize('size', [(5, 5), (8, 7), (13, 11), (3, 4)], ids=str)
@@ -161,9 +164,36 @@ def test_downsampling_is_ceil_avg_pool_of_stride_one(size):
     s2.load_state_dict(s1.state_dict())
     x = torch.randn(2, 16, *size, **F64)
     expected = F.avg_pool2d(s1(x), 2, 2, ceil_mode=True, count_include_pad=False)
-    torch.testing.assert_close(s2(x), expected)
+    torch.testing.assert_close(s2(x), expected)  # parameters need grad: ATen's pool
+    with torch.no_grad():
+        torch.testing.assert_close(s2(x), expected)  # even maps: the strided-slice pool
     shortcut = F.conv2d(x, torch.ones(1, 16, 1, 1, **F64), stride=2)
     assert s2(x).shape[-2:] == shortcut.shape[-2:]
+
+
+@pytest.mark.parametrize('size', [(6, 4), (7, 4), (6, 5), (1, 1), (2, 2)], ids=str)
+@pytest.mark.parametrize('grad', [False, True], ids=['no-grad', 'grad'])
+def test_avg_pool_2x2_matches_ceil_mode_pool(size, grad):
+    """Both of avg_pool_2x2's paths (strided slices for even maps without grad, ATen's pool for
+    the rest) against the ceil-mode pool over in-image pixels, computed cell by cell; and its
+    gradient: a quarter of the output gradient on each pixel of a full cell."""
+    torch.manual_seed(size[0] * 10 + size[1])
+    x = torch.randn(2, 3, *size, **F64, requires_grad=grad)
+    H, W = size
+    ref = torch.empty(2, 3, (H + 1) // 2, (W + 1) // 2, **F64)
+    for i in range(ref.shape[2]):
+        for j in range(ref.shape[3]):
+            ref[:, :, i, j] = x.detach()[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean((2, 3))
+    out = avg_pool_2x2(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous()
+    if grad:
+        g = torch.randn_like(out)
+        out.backward(g)
+        if H % 2 == 0 and W % 2 == 0:
+            expected = g.repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
+            torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+        assert torch.autograd.gradcheck(avg_pool_2x2, (x.detach().requires_grad_(), ))
 
 
 def test_kernel_size_mismatch_resizes_tables():
