@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
+from mmattn.ops import capturing_graph
+
 DCONV_MODES = ('seq1d', 'spatial2d')
 
 
@@ -77,7 +79,7 @@ class SequenceDepthwiseConv(nn.Conv2d):
                          groups=num_heads, bias=False)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if capturing_graph():
             return super().forward(v)
         b, h, length, d = v.shape
         taps = self.weight[:, 0, :, 0].to(v.dtype)  # (h, k)

@@ -18,7 +18,7 @@ from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
-from mmattn.ops import na2d
+from mmattn.ops import capturing_graph, na2d
 
 
 def _check_heads(channels: int, num_heads: int) -> int:
@@ -62,9 +62,9 @@ def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     slices (2 threads). Their backward is slower than the pool's, so anything else (odd maps,
     gradients, other devices) goes to ``F.avg_pool2d``.
     """
-    H, W = x.shape[-2:]
-    if (x.device.type != 'cpu' or H % 2 or W % 2 or (x.requires_grad and torch.is_grad_enabled())
-            or torch.jit.is_tracing()):
+    # graph capture first: under a dynamic export, evaluating H % 2 would fix the maps' parity
+    if (capturing_graph() or x.device.type != 'cpu' or x.shape[-2] % 2 or x.shape[-1] % 2
+            or (x.requires_grad and torch.is_grad_enabled())):
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
     return (x[..., 0::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 0::2] +
             x[..., 1::2, 1::2]) * 0.25

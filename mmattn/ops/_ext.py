@@ -77,6 +77,17 @@ def has_compiled_ops() -> bool:
     return _LOADED
 
 
+def capturing_graph() -> bool:
+    """Whether a graph is being captured: ``torch.jit`` tracing or scripting (mmengine's FLOP
+    counter), ``torch.compile``, or ``torch.export`` (the ONNX export; non-strict export counts
+    as compiling). Eager-only fast paths (layout tricks, Python autograd identities, branches on
+    sizes) check this first, so that a captured graph holds the plain operators and no size guard:
+    a branch on ``H % 2`` under a dynamic export fixes the parity of every later input."""
+    import torch
+    return (torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.compiler.is_compiling())
+
+
 def has_cuda_kernels() -> bool:
     """Whether the compiled ops carry CUDA kernels (``FORCE_CUDA=1`` or a GPU at build time)."""
     if not has_compiled_ops():

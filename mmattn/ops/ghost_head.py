@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 
 from ._checks import check_ghost
-from ._ext import has_compiled_ops
+from ._ext import capturing_graph, has_compiled_ops
 from .reference import ghost_head_aggregate_reference
 
 
@@ -41,7 +41,7 @@ def ghost_head_aggregate(v: torch.Tensor, attn: torch.Tensor,
     # a Python op that FLOP counters and exporters do not know)
     if (v.device.type == 'cpu' and torch.is_grad_enabled() and v.requires_grad
             and v.stride(1) == 1 and v.shape[1] > 1 and not v.is_contiguous()
-            and not torch.jit.is_tracing()):
+            and not capturing_graph()):
         v = _ChannelsLastGrad.apply(v)
     return torch.ops.mmattn.ghost_head_aggregate(v.contiguous(), attn.contiguous(), ghost_mul,
                                                  ghost_add, kernel_size, dilation)

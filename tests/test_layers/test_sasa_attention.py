@@ -196,6 +196,21 @@ def test_avg_pool_2x2_matches_ceil_mode_pool(size, grad):
         assert torch.autograd.gradcheck(avg_pool_2x2, (x.detach().requires_grad_(), ))
 
 
+def test_stride_two_layer_dynamic_export_runs_at_odd_sizes():
+    """A dynamic export at an even map size holds the plain ceil-mode pool, not the eager
+    strided-slice path: the program runs at odd sizes and matches eager there (the slices fixed
+    the maps' parity, and the exported segmentor failed in ONNX Runtime at other sizes)."""
+    from mmattn.ops.export import export_program
+    torch.manual_seed(0)
+    layer = SASAAttention(16, num_heads=2, kernel_size=3, stride=2).eval()
+    program = export_program(layer, torch.randn(2, 16, 8, 12))
+    assert 'avg_pool2d' in str(program.graph)
+    for size in [(9, 7), (8, 12), (5, 10)]:
+        x = torch.randn(2, 16, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_size_mismatch_resizes_tables():
     import logging
 
