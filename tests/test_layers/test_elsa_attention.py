@@ -262,3 +262,23 @@ def test_torch_compile_matches_eager():
     grad_e, = torch.autograd.grad(out_e.square().sum(), x)
     torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_pointwise_conv_nchw_matches_the_conv(bias):
+    """attn.2 on the channels-last hidden map: one batched GEMM, NCHW-contiguous logits, the
+    conv's values and gradients (float64)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 27, 1, bias=bias).double()
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    out = elsa_module.pointwise_conv_nchw(x, conv)
+    assert out.is_contiguous()
+    x_ref = x.detach().contiguous().requires_grad_()
+    ref = F.conv2d(x_ref, conv.weight, conv.bias)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [x] + list(conv.parameters()), g)
+    grads_ref = torch.autograd.grad(ref, [x_ref] + list(conv.parameters()), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

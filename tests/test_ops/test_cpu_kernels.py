@@ -5,7 +5,8 @@ The in-process op tests run the build this machine's capability selects; here ea
 a child process with ``ATEN_CPU_CAPABILITY`` lowered, on shapes that exercise the vector body and
 its tails: map widths that are not multiples of the vector width (8 or 16 lanes), head dims that
 are not multiples of 8 (the channel block and the strip copy's transpose tiles) and shapes that
-are, both borders, dilation, rpb, rpe and bias, and strided (non-contiguous) inputs.
+are, both borders, dilation, rpb, rpe and bias, and strided (non-contiguous) inputs; and the
+grouped convolution's row kernel.
 """
 import json
 import os
@@ -124,6 +125,16 @@ for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20,
     compare(f'ghost C={C} G={G} {H}x{W} k={ks} d={d}',
             lambda *t: ghost_head_aggregate(*t, ks, d),
             lambda *t: ghost_head_aggregate_reference(*t, ks, d), [v, attn, mul, add])
+
+# ELSA's grouped convolution (4 channels per group): the AVX2 row kernel in float32 (8-column
+# blocks and every narrower last block), the scalar loop in float64 and in the DEFAULT build
+for (C, H, W, ks) in ((8, 5, 13, 7), (16, 6, 8, 3), (24, 4, 23, 9), (8, 7, 3, 5)):
+    x = rnd(2, C, H, W).contiguous(memory_format=torch.channels_last)
+    compare(f'grouped conv C={C} {H}x{W} k={ks}',
+            lambda x, w, b: torch.ops.mmattn.grouped_conv2d(x, w, b),
+            lambda x, w, b: torch.nn.functional.conv2d(x, w, b, padding=ks // 2,
+                                                       groups=C // 4),
+            [x, rnd(C, 4, ks, ks), rnd(C)])
 
 print(json.dumps(dict(kernels=_C.cpu_kernels(), errors=errors)))
 '''

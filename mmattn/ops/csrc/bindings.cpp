@@ -9,6 +9,24 @@
 
 namespace mmattn {
 
+void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
+  TORCH_CHECK(x.dim() == 4, "grouped_conv2d: x must be (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == x.size(1) && weight.size(1) >= 1 &&
+                  x.size(1) % weight.size(1) == 0 && weight.size(2) == weight.size(3) &&
+                  weight.size(2) % 2 == 1,
+              "grouped_conv2d: weight must be (C, C/groups, k, k) with k odd, got ",
+              weight.sizes(), " for x ", x.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(),
+              "grouped_conv2d: x and weight must share dtype and device");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "grouped_conv2d: float32 or float64 only, got ", x.scalar_type());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1) &&
+                    bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
+                "grouped_conv2d: bias must be (C,) of x's dtype and device, got ", bias->sizes());
+  }
+}
+
 void check_na2d_qkv(const Tensor& q, const Tensor& k, int64_t kernel_size, int64_t dilation,
                     bool clamp) {
   TORCH_CHECK(q.dim() == 5, "na2d: q must be (B, heads, H, W, D), got ", q.sizes());
@@ -101,6 +119,8 @@ TORCH_LIBRARY(mmattn, m) {
   m.def("na2d_fused_train_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor attn_s, "
         "Tensor? rpe, int kernel_size, int dilation, float scale, bool with_rpb) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // CPU only: ELSA's k x k grouped convolution (stride 1, 'same' padding) of a channels-last map.
+  m.def("grouped_conv2d(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("ghost_head_aggregate(Tensor v, Tensor attn, Tensor? ghost_mul, Tensor? ghost_add, "
         "int kernel_size, int dilation) -> Tensor");
   m.def("ghost_head_aggregate_backward(Tensor grad, Tensor v, Tensor attn, Tensor? ghost_mul, "

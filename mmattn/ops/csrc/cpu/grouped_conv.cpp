@@ -1,0 +1,90 @@
+// CPU entry point of mmattn::grouped_conv2d: ELSA's k x k grouped convolution (attn.0, 4 or 8
+// channels per group, stride 1, 'same' zero padding, no dilation) on a channels-last map
+// (grouped_conv_kernels.h). float32 with GW == 4, C % 8 == 0 and k in {3, 5, 7, 9} runs the AVX2
+// row kernel when ATen's CPU capability allows it (AVX2 or AVX-512); anything else (float64, other
+// shapes, the DEFAULT build) a scalar loop with the same sum order. Parallel over the (B, H) output rows,
+// each output written by one thread: results are bit-identical from run to run and across thread
+// counts. The output is channels-last, as mkldnn's convolution of a channels-last input.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../ops.h"
+#include "grouped_conv_kernels.h"
+#include "na2d_kernels.h"
+
+namespace mmattn {
+namespace cpu {
+namespace {
+
+// The reference loop of the row kernel: the same (u, input column, t) order per output.
+template <typename T>
+void gconv_rows_scalar(const GConvGeometry& g, const T* x, const T* w, const T* bias, T* out,
+                       int64_t begin, int64_t end) {
+  const int64_t H = g.H, W = g.W, C = g.C, K = g.K, GW = g.GW, R = K / 2;
+  for (int64_t rr = begin; rr < end; ++rr) {
+    const int64_t b = rr / H, i = rr % H;
+    for (int64_t j = 0; j < W; ++j) {
+      for (int64_t o = 0; o < C; ++o) {
+        const int64_t c0 = o / GW * GW;
+        T acc = bias ? bias[o] : T(0);
+        for (int64_t u = 0; u < K; ++u) {
+          const int64_t row = i + u - R;
+          if (row < 0 || row >= H) continue;
+          for (int64_t v = 0; v < K; ++v) {
+            const int64_t col = j + v - R;
+            if (col < 0 || col >= W) continue;
+            const T* px = x + ((b * H + row) * W + col) * C + c0;
+            for (int64_t t = 0; t < GW; ++t) acc += px[t] * w[((o * GW + t) * K + u) * K + v];
+          }
+        }
+        out[((b * H + i) * W + j) * C + o] = acc;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const OptTensor& bias_in) {
+  check_grouped_conv(x_in, weight_in, bias_in);
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const int64_t GW = weight_in.size(1), K = weight_in.size(2);
+  const GConvGeometry g{B, H, W, C, K, GW};
+  // (B, H, W, C) memory; a no-op for the channels-last maps ELSA hands over
+  const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor weight = weight_in.contiguous();
+  const OptTensor bias = bias_in.has_value() ? OptTensor(bias_in->contiguous()) : bias_in;
+  Tensor out = at::empty({B, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+#ifdef MMATTN_HAVE_AVX2
+  if (x.scalar_type() == at::kFloat && gconv_vec_supported(g) && cpu_build() != CpuBuild::DEFAULT) {
+    // wp[cb, u, v, t, l] = w[8*cb + l, t, u, v]: one 8-lane vector per (tap, group input)
+    const Tensor wp = weight.view({C / 8, 8, GW, K, K}).permute({0, 3, 4, 2, 1}).contiguous();
+    const Tensor b = bias.has_value() ? *bias : at::zeros({C}, x.options());
+    const float *xp = x.data_ptr<float>(), *wpp = wp.data_ptr<float>(), *bp = b.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
+      AVX2::gconv_rows(g, xp, wpp, bp, op, begin, end);
+    });
+    return out;
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_conv2d_cpu", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *wp = weight.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
+      gconv_rows_scalar<scalar_t>(g, xp, wp, bp, op, begin, end);
+    });
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace mmattn
+
+TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
+  m.impl("grouped_conv2d", &mmattn::cpu::grouped_conv2d_cpu);
+}

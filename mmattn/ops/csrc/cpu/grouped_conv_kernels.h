@@ -1,0 +1,39 @@
+// Interface between the grouped_conv2d CPU entry point (grouped_conv.cpp) and its AVX2 row
+// kernels (isa/grouped_conv_avx2.cpp).
+//
+// The op: ELSA's k x k grouped convolution (attn.0) on a channels-last map, stride 1, 'same'
+// zero padding, C input and C output channels in groups of GW:
+//   out[b, i, j, o] = bias[o] + sum_{u, v, t} x[b, i + u - r, j + v - r, g(o)*GW + t] * w[o, t, u, v]
+// with g(o) = o / GW. mkldnn runs these shapes (4 channels per group) at 65-70 GFLOP/s on the
+// 2-core AVX2 machine; the row kernel keeps 8 output channels (two groups of 4) x 8 output
+// columns in registers and feeds each loaded input vector to up to 4 * 8 FMAs (90-100 GFLOP/s).
+#pragma once
+#include <cstdint>
+
+namespace mmattn {
+namespace cpu {
+
+struct GConvGeometry {
+  int64_t B, H, W, C, K, GW;
+  int64_t rows() const { return B * H; }
+};
+
+// True when the AVX2 row kernel covers (C, K, GW): C % 8 == 0, GW == 4 (ELSA-Swin-T's width; with
+// 8 channels per group mkldnn's kernel is as fast), K in {3, 5, 7, 9}.
+inline bool gconv_vec_supported(const GConvGeometry& g) {
+  return g.C % 8 == 0 && g.GW == 4 &&
+         (g.K == 3 || g.K == 5 || g.K == 7 || g.K == 9);
+}
+
+#ifdef MMATTN_HAVE_AVX2
+namespace AVX2 {
+// Output rows [begin, end) of the (B*H) rows. x, out: (B, H, W, C) contiguous; wp: the packed
+// weights (C/8, K, K, 4, 8), wp[cb, u, v, t, l] = w[8*cb + l, t, u, v] (grouped_conv2d_cpu);
+// bias: C values (zeros when the op has none).
+void gconv_rows(const GConvGeometry& g, const float* x, const float* wp, const float* bias,
+                float* out, int64_t begin, int64_t end);
+}  // namespace AVX2
+#endif
+
+}  // namespace cpu
+}  // namespace mmattn
