@@ -59,6 +59,8 @@ def load_extension(info: Optional[dict], torch_version: str) -> bool:
         logger.warning('mmattn: the compiled ops (mmattn._C) are not available (%s); %s %s', e,
                        _FALLBACK, hint)
         return False
+    # reads MMATTN_NA2D_KERNELS once: a bad value is a ValueError here, not at the first na2d call
+    getattr(_C, 'na2d_cpu_kernels', str)()
     return True
 
 

@@ -136,12 +136,15 @@ for (C, H, W, ks) in ((8, 5, 13, 7), (16, 6, 8, 3), (24, 4, 23, 9), (8, 7, 3, 5)
                                                        groups=C // 4),
             [x, rnd(C, 4, ks, ks), rnd(C)])
 
-print(json.dumps(dict(kernels=_C.cpu_kernels(), errors=errors)))
+print(json.dumps(dict(kernels=_C.cpu_kernels(), na2d_kernels=_C.na2d_cpu_kernels(),
+                      errors=errors)))
 '''
 
 
 def run_child(capability):
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, OMP_NUM_THREADS='2')
+    # na2d's build follows the capability here, also on CPUs where 'auto' would pick AVX2
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, MMATTN_NA2D_KERNELS=capability,
+               OMP_NUM_THREADS='2')
     out = subprocess.run([sys.executable, '-c', CHILD], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -166,12 +169,65 @@ def test_cpu_kernels_follow_aten_capability():
     assert _C.cpu_kernels() == expect
 
 
+def _splits_avx512() -> bool:
+    """AMD family 0x19 (Zen 4: AVX-512 as two 256-bit halves), read from /proc/cpuinfo."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            info = f.read().split('\n\n')[0]
+    except OSError:
+        return False
+    fields = dict(line.split(':', 1) for line in info.splitlines() if ':' in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get('vendor_id') == 'AuthenticAMD' and fields.get('cpu family') == '25'
+
+
+def na2d_kernels_in_child(**env) -> subprocess.CompletedProcess:
+    code = 'import mmattn.ops, mmattn._C as c; print(c.cpu_kernels(), c.na2d_cpu_kernels())'
+    env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_na2d_runs_avx2_where_avx512_is_split():
+    """'auto' (the default): na2d runs the AVX2 build on AMD Zen 4, whose AVX-512 is two
+    256-bit halves (the AVX2 build is 1.3-1.7x faster there); ATen's capability elsewhere."""
+    from mmattn import _C
+    if os.environ.get('MMATTN_NA2D_KERNELS', 'auto') != 'auto':
+        pytest.skip('MMATTN_NA2D_KERNELS is set')
+    aten = _C.cpu_kernels()
+    expect = 'AVX2' if aten == 'AVX512' and _splits_avx512() else aten
+    assert _C.na2d_cpu_kernels() == expect
+
+
+@pytest.mark.parametrize('request_,capability,expect', [
+    ('avx2', None, 'AVX2'), ('default', None, 'DEFAULT'), ('avx512', 'avx2', 'AVX2'),
+    ('auto', 'default', 'DEFAULT')], ids=str)
+def test_na2d_kernels_variable_lowers_the_build(request_, capability, expect):
+    """MMATTN_NA2D_KERNELS picks na2d's build, never above ATen's capability; the other ops
+    keep the capability's build."""
+    from mmattn import _C
+    if expect == 'AVX2' and 'avx2' not in available():
+        pytest.skip('this CPU cannot run the avx2 build')
+    out = na2d_kernels_in_child(MMATTN_NA2D_KERNELS=request_, ATEN_CPU_CAPABILITY=capability)
+    assert out.returncode == 0, out.stderr[-2000:]
+    aten, na2d_build = out.stdout.split()
+    assert na2d_build == expect
+    assert aten == (capability.upper() if capability else _C.cpu_kernels())
+
+
+def test_bad_na2d_kernels_variable_is_a_value_error():
+    out = na2d_kernels_in_child(MMATTN_NA2D_KERNELS='sse4')
+    assert out.returncode != 0
+    assert "ValueError: MMATTN_NA2D_KERNELS must be auto, avx512, avx2 or default, got 'sse4'" \
+        in out.stderr
+
+
 @pytest.mark.parametrize('capability', ['default', 'avx2', 'avx512'])
 def test_capability_build_matches_reference(capability):
     if capability not in available():
         pytest.skip(f'this CPU cannot run the {capability} build')
     result = run_child(capability)
-    assert result['kernels'] == capability.upper()
+    assert result['kernels'] == result['na2d_kernels'] == capability.upper()
     assert result['errors'], 'no case ran'
     for name, (err64, err32) in result['errors'].items():
         assert err64 < 1e-9, f'{capability} {name}: float64 error {err64:.3g}'

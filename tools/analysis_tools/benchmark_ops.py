@@ -1,4 +1,5 @@
-"""Benchmark mmattn's compiled ops against their plain-PyTorch (unfold) references.
+"""Benchmark mmattn's compiled ops against their plain-PyTorch (unfold) references (for
+``grouped_conv2d``: ATen's convolution).
 
 For each op and shape: forward (inference, no grad) and forward+backward time, median of
 ``--repeats`` runs after ``--warmup`` runs, and peak memory above the inputs; then the ratios
@@ -36,14 +37,17 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmattn.layers.sasa_attention import concat_relative_embedding  # noqa: E402
 from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,  # noqa: E402
-                        has_compiled_ops, na2d, na2d_reference)
+                        grouped_conv2d, has_compiled_ops, na2d, na2d_reference)
 from mmattn.utils.benchmark import cpu_memory_env, interleaved_medians, peak_mib  # noqa: E402
 
 
 def cpu_kernels() -> str:
-    """The build of mmattn's vectorised CPU kernels in use (AVX512, AVX2 or DEFAULT)."""
+    """The builds of mmattn's vectorised CPU kernels in use (AVX512, AVX2 or DEFAULT): ATen's
+    capability, and na2d's where it differs (AVX2 on CPUs that split AVX-512, or as
+    MMATTN_NA2D_KERNELS says)."""
     from mmattn import _C
-    return _C.cpu_kernels()
+    build, na2d_build = _C.cpu_kernels(), _C.na2d_cpu_kernels()
+    return build if build == na2d_build else f'{build} (na2d: {na2d_build})'
 
 
 @dataclass
@@ -107,6 +111,26 @@ def ghost_case(B: int, C: int, G: int, H: int, W: int, k: int) -> Case:
         ref=lambda t: ghost_head_aggregate_reference(t['v'], t['attn'], t['mul'], t['add'], k))
 
 
+def gconv_case(B: int, C: int, H: int, W: int, k: int) -> Case:
+    """ELSA's ``attn.0``: a ``k x k`` convolution of 4 channels per group on a channels-last map;
+    the "reference" is ATen's ``F.conv2d`` (mkldnn on CPU), the convolution it replaces."""
+    def make(device, dtype):
+        g = torch.Generator().manual_seed(0)
+        return dict(
+            x=torch.randn(B, C, H, W, generator=g, dtype=dtype).to(device).contiguous(
+                memory_format=torch.channels_last),
+            weight=(torch.randn(C, 4, k, k, generator=g, dtype=dtype) / k).to(device),
+            bias=torch.randn(C, generator=g, dtype=dtype).to(device))
+
+    return Case(
+        name=f'grouped_conv2d B={B} C={C} {H}x{W} k={k} 4 per group',
+        make=make,
+        flops=2 * B * C * 4 * k * k * H * W,
+        run=lambda t: grouped_conv2d(t['x'], t['weight'], t['bias']),
+        ref=lambda t: torch.nn.functional.conv2d(t['x'], t['weight'], t['bias'], padding=k // 2,
+                                                 groups=C // 4))
+
+
 CASES = {
     'na2d': na2d_case(2, 4, 56, 56, 32, 7),
     'na2d-clamp': na2d_case(2, 4, 56, 56, 32, 7, border='clamp'),
@@ -115,6 +139,8 @@ CASES = {
     # the same as SASA calls it: rpe, scale 1, views of the q/k/v convolution output
     'na2d-sasa-views': na2d_case(1, 8, 56, 56, 8, 7, sasa=True),
     'ghost': ghost_case(2, 96, 3, 56, 56, 7),
+    # ELSA-Swin-T's first stage at 224x224 (dim_qk 64); the reference is mkldnn's convolution
+    'gconv': gconv_case(1, 64, 56, 56, 7),
 }
 
 

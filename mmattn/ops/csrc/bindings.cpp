@@ -130,20 +130,33 @@ TORCH_LIBRARY(mmattn, m) {
 
 namespace mmattn {
 namespace cpu {
+const char* cpu_kernels();       // na2d.cpp
 const char* na2d_cpu_kernels();  // na2d.cpp
 }  // namespace cpu
 }  // namespace mmattn
 
 // mmattn._C.cpu_kernels(): which build of the vectorised CPU kernels runs ("AVX512", "AVX2" or
-// "DEFAULT"), from ATen's CPU capability (ATEN_CPU_CAPABILITY can lower it). Importing the
-// module also runs the operator registrations above.
+// "DEFAULT"), from ATen's CPU capability (ATEN_CPU_CAPABILITY can lower it); na2d_cpu_kernels():
+// na2d's, which is AVX2 on CPUs that split AVX-512 into 256-bit halves (MMATTN_NA2D_KERNELS
+// chooses). Importing the module also runs the operator registrations above.
 static PyObject* cpu_kernels(PyObject*, PyObject*) {
-  return PyUnicode_FromString(mmattn::cpu::na2d_cpu_kernels());
+  return PyUnicode_FromString(mmattn::cpu::cpu_kernels());
+}
+
+static PyObject* na2d_cpu_kernels(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(mmattn::cpu::na2d_cpu_kernels());
+  } catch (const c10::Error& e) {  // a bad MMATTN_NA2D_KERNELS: ValueError, not an abort
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
 }
 
 static PyMethodDef mmattn_c_methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS,
      "The CPU capability whose kernel build runs: AVX512, AVX2 or DEFAULT."},
+    {"na2d_cpu_kernels", na2d_cpu_kernels, METH_NOARGS,
+     "The kernel build na2d runs: AVX512, AVX2 or DEFAULT (MMATTN_NA2D_KERNELS chooses)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef mmattn_c_module = {PyModuleDef_HEAD_INIT, "_C",

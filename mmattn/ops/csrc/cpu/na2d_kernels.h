@@ -28,9 +28,11 @@
 namespace mmattn {
 namespace cpu {
 
-// The kernel build in use (na2d.cpp: ATen's CPU capability, read once).
+// The kernel build in use (na2d.cpp: ATen's CPU capability, read once); na2d's own, which runs
+// the AVX2 build on CPUs that split AVX-512 instructions into 256-bit halves (na2d.cpp).
 enum class CpuBuild : int { DEFAULT, AVX2, AVX512 };
 CpuBuild cpu_build();
+CpuBuild na2d_build();
 
 struct StripGeometry {
   int64_t B, heads, H, W, D, k, d;
