@@ -15,13 +15,28 @@ import torch.nn.functional as F
 from ._ext import capturing_graph, has_compiled_ops
 
 
+_VECTORISED: Optional[bool] = None  # mmattn._C.grouped_conv_vectorised(), read once
+
+
+def kernel_runs_here() -> bool:
+    """Whether this CPU runs the row kernel: the AVX2 build, or AVX-512 executed as two 256-bit
+    halves (AMD Zen 4), where it was measured faster than mkldnn. With full-width AVX-512 units
+    (not measured) mkldnn's AVX-512 convolution keeps the job."""
+    global _VECTORISED
+    if _VECTORISED is None:
+        from mmattn import _C
+        _VECTORISED = bool(_C.grouped_conv_vectorised())
+    return _VECTORISED
+
+
 def _use_kernel(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> bool:
-    """The compiled kernel's domain: eager CPU float32, C % 8 == 0, 4 channels per group (with 8,
-    mkldnn's kernel is as fast), k in 3..9, no dilation, C output channels; a trace (FLOP
-    counting, export) or torch.compile sees ``F.conv2d`` instead."""
-    if not has_compiled_ops() or x.device.type != 'cpu' or x.dtype != torch.float32:
+    """The compiled kernel's domain: eager CPU float32 on a CPU where it runs
+    (:func:`kernel_runs_here`), C % 8 == 0, 4 channels per group (with 8, mkldnn's kernel is as
+    fast), k in 3..9, no dilation, C output channels; a trace (FLOP counting, export) or
+    torch.compile sees ``F.conv2d`` instead."""
+    if capturing_graph() or not has_compiled_ops() or x.device.type != 'cpu':
         return False
-    if capturing_graph():
+    if x.dtype != torch.float32 or not kernel_runs_here():
         return False
     C, gw, k = x.shape[1], weight.shape[1], weight.shape[2]
     return (dilation == 1 and weight.dtype == x.dtype and weight.shape[0] == C and C % 8 == 0
@@ -35,7 +50,7 @@ def grouped_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
     On CPU in float32 with 4 channels per group, ``C % 8 == 0``, ``k`` in 3..9 and no
     dilation it runs ``mmattn::grouped_conv2d`` (channels-last output, as mkldnn's for a
-    channels-last input); anything else runs ``F.conv2d``.
+    channels-last input) where :func:`kernel_runs_here`; anything else runs ``F.conv2d``.
     """
     if x.dim() != 4 or weight.dim() != 4 or weight.shape[1] < 1 or \
             x.shape[1] % weight.shape[1] != 0:

@@ -31,3 +31,17 @@ def num_threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope='session')
+def splits_avx512() -> bool:
+    """Whether this CPU runs AVX-512 as two 256-bit halves: AMD family 0x19 (Zen 4), read from
+    /proc/cpuinfo (the ops read CPUID)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            info = f.read().split('\n\n')[0]
+    except OSError:
+        return False
+    fields = {k.strip(): v.strip() for k, v in
+              (line.split(':', 1) for line in info.splitlines() if ':' in line)}
+    return fields.get('vendor_id') == 'AuthenticAMD' and fields.get('cpu family') == '25'

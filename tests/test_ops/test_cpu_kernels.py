@@ -169,18 +169,6 @@ def test_cpu_kernels_follow_aten_capability():
     assert _C.cpu_kernels() == expect
 
 
-def _splits_avx512() -> bool:
-    """AMD family 0x19 (Zen 4: AVX-512 as two 256-bit halves), read from /proc/cpuinfo."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            info = f.read().split('\n\n')[0]
-    except OSError:
-        return False
-    fields = dict(line.split(':', 1) for line in info.splitlines() if ':' in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    return fields.get('vendor_id') == 'AuthenticAMD' and fields.get('cpu family') == '25'
-
-
 def na2d_kernels_in_child(**env) -> subprocess.CompletedProcess:
     code = 'import mmattn.ops, mmattn._C as c; print(c.cpu_kernels(), c.na2d_cpu_kernels())'
     env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
@@ -188,14 +176,14 @@ def na2d_kernels_in_child(**env) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_na2d_runs_avx2_where_avx512_is_split():
+def test_na2d_runs_avx2_where_avx512_is_split(splits_avx512):
     """'auto' (the default): na2d runs the AVX2 build on AMD Zen 4, whose AVX-512 is two
     256-bit halves (the AVX2 build is 1.3-1.7x faster there); ATen's capability elsewhere."""
     from mmattn import _C
     if os.environ.get('MMATTN_NA2D_KERNELS', 'auto') != 'auto':
         pytest.skip('MMATTN_NA2D_KERNELS is set')
     aten = _C.cpu_kernels()
-    expect = 'AVX2' if aten == 'AVX512' and _splits_avx512() else aten
+    expect = 'AVX2' if aten == 'AVX512' and splits_avx512 else aten
     assert _C.na2d_cpu_kernels() == expect
 
 

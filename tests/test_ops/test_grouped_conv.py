@@ -2,16 +2,17 @@
 
 The compiled kernel (``mmattn::grouped_conv2d``) covers float32 maps with 4 channels per group,
 ``C % 8 == 0`` and k in 3..9; the AVX2 row kernel computes 8 output columns per block, so widths
-that are not multiples of 8 take its narrower last block. float64 runs the op's scalar loop. The
-capability builds (DEFAULT: the scalar loop in float32 too) are compared in
-``test_cpu_kernels.py``.
+that are not multiples of 8 take its narrower last block. It runs with the AVX2 build and on CPUs
+that split AVX-512 into 256-bit halves; elsewhere, and in float64, the op runs its scalar loop
+(and ``grouped_conv2d`` calls ``F.conv2d``). The capability builds (DEFAULT: the scalar loop in
+float32 too) are compared in ``test_cpu_kernels.py``.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmattn.ops import grouped_conv2d, has_compiled_ops
-from mmattn.ops.grouped_conv import _use_kernel
+from mmattn.ops.grouped_conv import _use_kernel, kernel_runs_here
 
 pytestmark = pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not built')
 
@@ -40,11 +41,19 @@ def test_float32_kernel_matches_conv2d(k, W):
     two batches, 16 and 24 channels (two and three 8-channel blocks)."""
     for C, bias in ((16, True), (24, False)):
         x, w, b = _inputs(2, C, 6, W, k, bias=bias, seed=k * 100 + W)
-        assert _use_kernel(x, w, 1)
-        out = grouped_conv2d(x, w, b)
-        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert _use_kernel(x, w, 1) == kernel_runs_here()
         ref = _conv_ref(x, w, b)
-        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        for out in (torch.ops.mmattn.grouped_conv2d(x, w, b), grouped_conv2d(x, w, b)):
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_runs_with_avx2_and_split_avx512(splits_avx512):
+    """The row kernel runs with the AVX2 build and where AVX-512 is two 256-bit halves (the
+    CPUs it was measured faster than mkldnn on); the same rule as na2d's build choice."""
+    from mmattn import _C
+    build = _C.cpu_kernels()
+    assert kernel_runs_here() == (build == 'AVX2' or (build == 'AVX512' and splits_avx512))
 
 
 def test_nchw_input_gives_the_same_values():

@@ -132,6 +132,7 @@ namespace mmattn {
 namespace cpu {
 const char* cpu_kernels();       // na2d.cpp
 const char* na2d_cpu_kernels();  // na2d.cpp
+bool gconv_vectorised();         // grouped_conv.cpp
 }  // namespace cpu
 }  // namespace mmattn
 
@@ -152,11 +153,17 @@ static PyObject* na2d_cpu_kernels(PyObject*, PyObject*) {
   }
 }
 
+static PyObject* grouped_conv_vectorised(PyObject*, PyObject*) {
+  return PyBool_FromLong(mmattn::cpu::gconv_vectorised());
+}
+
 static PyMethodDef mmattn_c_methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS,
      "The CPU capability whose kernel build runs: AVX512, AVX2 or DEFAULT."},
     {"na2d_cpu_kernels", na2d_cpu_kernels, METH_NOARGS,
      "The kernel build na2d runs: AVX512, AVX2 or DEFAULT (MMATTN_NA2D_KERNELS chooses)."},
+    {"grouped_conv_vectorised", grouped_conv_vectorised, METH_NOARGS,
+     "Whether grouped_conv2d's AVX2 row kernel runs on this CPU (else mkldnn's convolution)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef mmattn_c_module = {PyModuleDef_HEAD_INIT, "_C",

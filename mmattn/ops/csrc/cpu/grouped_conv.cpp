@@ -1,10 +1,10 @@
 // CPU entry point of mmattn::grouped_conv2d: ELSA's k x k grouped convolution (attn.0, 4 or 8
 // channels per group, stride 1, 'same' zero padding, no dilation) on a channels-last map
 // (grouped_conv_kernels.h). float32 with GW == 4, C % 8 == 0 and k in {3, 5, 7, 9} runs the AVX2
-// row kernel when ATen's CPU capability allows it (AVX2 or AVX-512); anything else (float64, other
-// shapes, the DEFAULT build) a scalar loop with the same sum order. Parallel over the (B, H) output rows,
-// each output written by one thread: results are bit-identical from run to run and across thread
-// counts. The output is channels-last, as mkldnn's convolution of a channels-last input.
+// row kernel where gconv_vectorised() (the AVX2 build, or AVX-512 run as 256-bit halves); anything
+// else (float64, other shapes, other builds) a scalar loop with the same sum order. Parallel over
+// the (B, H) output rows, each output written by one thread: results are bit-identical from run
+// to run and across thread counts. The output is channels-last, as mkldnn's convolution of a channels-last input.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -47,6 +47,19 @@ void gconv_rows_scalar(const GConvGeometry& g, const T* x, const T* w, const T* 
 
 }  // namespace
 
+bool gconv_vectorised() {
+#ifdef MMATTN_HAVE_AVX2
+  static const bool vectorised = [] {
+    const CpuBuild build = cpu_build();
+    return build == CpuBuild::AVX2 ||
+           (build == CpuBuild::AVX512 && avx512_split_into_256_bit_halves());
+  }();
+  return vectorised;
+#else
+  return false;
+#endif
+}
+
 Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const OptTensor& bias_in) {
   check_grouped_conv(x_in, weight_in, bias_in);
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
@@ -59,7 +72,7 @@ Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const Opt
   Tensor out = at::empty({B, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
 #ifdef MMATTN_HAVE_AVX2
-  if (x.scalar_type() == at::kFloat && gconv_vec_supported(g) && cpu_build() != CpuBuild::DEFAULT) {
+  if (x.scalar_type() == at::kFloat && gconv_vec_supported(g) && gconv_vectorised()) {
     // wp[cb, u, v, t, l] = w[8*cb + l, t, u, v]: one 8-lane vector per (tap, group input)
     const Tensor wp = weight.view({C / 8, 8, GW, K, K}).permute({0, 3, 4, 2, 1}).contiguous();
     const Tensor b = bias.has_value() ? *bias : at::zeros({C}, x.options());

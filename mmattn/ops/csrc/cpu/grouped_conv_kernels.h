@@ -18,6 +18,11 @@ struct GConvGeometry {
   int64_t rows() const { return B * H; }
 };
 
+// Whether the AVX2 row kernel runs for float32 on this CPU (grouped_conv.cpp): with the AVX2 build,
+// and with the AVX-512 one where AVX-512 runs as two 256-bit halves (AMD Zen 4), where it was
+// measured faster than mkldnn; on CPUs with full-width AVX-512 units mkldnn keeps the convolution.
+bool gconv_vectorised();
+
 // True when the AVX2 row kernel covers (C, K, GW): C % 8 == 0, GW == 4 (ELSA-Swin-T's width; with
 // 8 channels per group mkldnn's kernel is as fast), K in {3, 5, 7, 9}.
 inline bool gconv_vec_supported(const GConvGeometry& g) {

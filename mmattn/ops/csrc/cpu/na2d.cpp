@@ -53,7 +53,7 @@ CpuBuild cpu_build() {
 
 bool avx512_split_into_256_bit_halves() {
 #if defined(__x86_64__) || defined(__i386__)
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;  // (callers cache the answer)
   if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
   // "AuthenticAMD" in ebx, edx, ecx
   const bool amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;

@@ -33,6 +33,8 @@ namespace cpu {
 enum class CpuBuild : int { DEFAULT, AVX2, AVX512 };
 CpuBuild cpu_build();
 CpuBuild na2d_build();
+// AMD Zen 4 (CPUID family 0x19 with AVX-512): 512-bit instructions run as two 256-bit halves.
+bool avx512_split_into_256_bit_halves();
 
 struct StripGeometry {
   int64_t B, heads, H, W, D, k, d;
