@@ -31,7 +31,8 @@ def round_dim_qk(dim: int, dim_qk: Optional[int], group_width: int) -> int:
 
 
 def pointwise_conv_nchw(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for a 1x1 ``conv`` with one group, with a contiguous (NCHW) result.
+    """``conv(x)`` for a 1x1 ``conv`` (one group, stride 1, no padding), with a contiguous (NCHW)
+    result.
 
     On CPU, a channels-last ``x`` goes through one batched GEMM, ``W @ x_b^T + bias``, that writes
     the logits channel-major: the head softmax over the taps (dim 2 of ``(B, G, k*k, H, W)``) and
@@ -42,7 +43,8 @@ def pointwise_conv_nchw(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """
     B, C, H, W = x.shape
     if (capturing_graph() or x.device.type != 'cpu' or conv.groups != 1
-            or conv.kernel_size != (1, 1) or x.is_contiguous()
+            or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0)
+            or x.is_contiguous()
             or not x.is_contiguous(memory_format=torch.channels_last)):
         return conv(x)
     weight = conv.weight.view(conv.out_channels, C).expand(B, -1, -1)

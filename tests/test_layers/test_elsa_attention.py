@@ -282,3 +282,12 @@ def test_pointwise_conv_nchw_matches_the_conv(bias):
     grads_ref = torch.autograd.grad(ref, [x_ref] + list(conv.parameters()), g)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('kwargs', [dict(stride=2), dict(padding=1), dict(groups=3)], ids=str)
+def test_pointwise_conv_nchw_other_convs_run_the_conv(kwargs):
+    """Strided, padded or grouped 1x1 convs are not one GEMM: the conv itself runs."""
+    conv = torch.nn.Conv2d(12, 9, 1, **kwargs).double()
+    x = torch.randn(2, 12, 6, 7, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(elsa_module.pointwise_conv_nchw(x, conv), conv(x), rtol=0, atol=0)
