@@ -99,8 +99,9 @@ const char* build_name(CpuBuild build) {
 
 // na2d's kernel build: cpu_build(), except on CPUs whose AVX-512 instructions run as two 256-bit
 // halves (AMD Zen 4), where the AVX2 build runs: it does the same arithmetic per cycle there,
-// and its shifted 32-byte window loads split cache lines half as often as 64-byte ones (issue
-// case on a 2-core Zen 4, one thread: 5.1 ms against 8.5-8.8 ms; README, "Benchmarks").
+// and (likely, not profiled) its shifted 32-byte window loads split cache lines less often than
+// 64-byte ones (issue case on a 2-core Zen 4, one thread: 5.1 ms against 8.5-8.8 ms; README,
+// "Benchmarks").
 // MMATTN_NA2D_KERNELS=auto|avx512|avx2|default chooses (lowering only), read once.
 CpuBuild na2d_build() {
   static const CpuBuild build = na2d_build_for(cpu_build(), std::getenv("MMATTN_NA2D_KERNELS"),
