@@ -4,8 +4,8 @@ ELSA's Hadamard attention filters ``q * k`` with a ``k x k`` convolution of 4 (E
 channels per group (``attn.0``). With 4, mkldnn runs it at 65-70 GFLOP/s on the 2-core AVX-512
 machine (AMD EPYC Zen 4); ``mmattn::grouped_conv2d`` keeps 8 output channels x 8 output columns
 in registers and runs it at 90-100 GFLOP/s, 0.68-0.75x of mkldnn's time at ELSA-Swin-T's map
-sizes (README, "Compiled ops"). Its gradient is ATen's ``convolution_backward``, the one the convolution it
-replaces has.
+sizes (README, "Compiled ops"). Its gradient is ATen's ``convolution_backward``, the one the
+convolution it replaces has.
 """
 from typing import Optional
 

@@ -4,7 +4,8 @@
 // row kernel where gconv_vectorised() (the AVX2 build, or AVX-512 run as 256-bit halves); anything
 // else (float64, other shapes, other builds) a scalar loop with the same sum order. Parallel over
 // the (B, H) output rows, each output written by one thread: results are bit-identical from run
-// to run and across thread counts. The output is channels-last, as mkldnn's convolution of a channels-last input.
+// to run and across thread counts. The output is channels-last, as mkldnn's convolution of a
+// channels-last input.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

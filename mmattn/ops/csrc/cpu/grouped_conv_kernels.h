@@ -3,10 +3,12 @@
 //
 // The op: ELSA's k x k grouped convolution (attn.0) on a channels-last map, stride 1, 'same'
 // zero padding, C input and C output channels in groups of GW:
-//   out[b, i, j, o] = bias[o] + sum_{u, v, t} x[b, i + u - r, j + v - r, g(o)*GW + t] * w[o, t, u, v]
+//   out[b, i, j, o] = bias[o]
+//                     + sum_{u, v, t} x[b, i + u - r, j + v - r, g(o)*GW + t] * w[o, t, u, v]
 // with g(o) = o / GW. mkldnn runs these shapes (4 channels per group) at 65-70 GFLOP/s on a
-// 2-core AVX-512 machine (Zen 4); the row kernel keeps 8 output channels (two groups of 4) x 8 output
-// columns in registers and feeds each loaded input vector to up to 4 * 8 FMAs (90-100 GFLOP/s).
+// 2-core AVX-512 machine (Zen 4); the row kernel keeps 8 output channels (two groups of 4) x 8
+// output columns in registers and feeds each loaded input vector to up to 4 * 8 FMAs (90-100
+// GFLOP/s).
 #pragma once
 #include <cstdint>
 
