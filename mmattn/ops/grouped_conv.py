@@ -4,8 +4,10 @@ ELSA's Hadamard attention filters ``q * k`` with a ``k x k`` convolution of 4 (E
 channels per group (``attn.0``). With 4, mkldnn runs it at 65-70 GFLOP/s on the 2-core AVX-512
 machine (AMD EPYC Zen 4); ``mmattn::grouped_conv2d`` keeps 8 output channels x 8 output columns
 in registers and runs it at 90-100 GFLOP/s, 0.68-0.75x of mkldnn's time at ELSA-Swin-T's map
-sizes (README, "Compiled ops"). Its gradient is ATen's ``convolution_backward``, the one the
-convolution it replaces has.
+sizes (README, "Compiled ops"). Its input gradient is the same op on the output gradient (with
+each group's weights transposed and flipped), and its weight and bias gradients are
+``mmattn::grouped_conv2d_weight_grad``, whose AVX2 kernel holds 3 window columns x 4 group inputs
+of 8 output channels in registers over the image's pixels.
 """
 from typing import Optional
 
@@ -76,15 +78,27 @@ def _register() -> None:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
 
+    @lib.register_fake('mmattn::grouped_conv2d_weight_grad')
+    def _weight_grad_fake(grad, x, kernel_size, group_width, with_bias):
+        C = x.shape[1]
+        return (x.new_empty(C, group_width, kernel_size, kernel_size),
+                x.new_empty(C if with_bias else 0))
+
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        k = weight.shape[-1]
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                ctx.has_bias and ctx.needs_input_grad[2]]
-        dx, dw, db = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
-            [k // 2, k // 2], [1, 1], False, [0, 0], x.shape[1] // weight.shape[1], mask)
-        return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None)
+        C, gw, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        dx = dw = db = None
+        if want_x:
+            # the input gradient of a stride-1 'same' grouped convolution is the same
+            # convolution of the output gradient with each group's weights transposed (in and
+            # out channels swapped: both are gw wide) and flipped (taps mirrored)
+            w_t = weight.view(C // gw, gw, gw, k, k).transpose(1, 2).flip(-2, -1)
+            dx = torch.ops.mmattn.grouped_conv2d(grad, w_t.reshape(C, gw, k, k), None)
+        if want_w or want_b:
+            dw, db = torch.ops.mmattn.grouped_conv2d_weight_grad(grad, x, k, gw, want_b)
+        return dx, dw if want_w else None, db if want_b else None
 
     lib.register_autograd('mmattn::grouped_conv2d', backward, setup_context=setup)
 

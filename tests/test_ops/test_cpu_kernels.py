@@ -6,7 +6,7 @@ a child process with ``ATEN_CPU_CAPABILITY`` lowered, on shapes that exercise th
 its tails: map widths that are not multiples of the vector width (8 or 16 lanes), head dims that
 are not multiples of 8 (the channel block and the strip copy's transpose tiles) and shapes that
 are, both borders, dilation, rpb, rpe and bias, and strided (non-contiguous) inputs; and the
-grouped convolution's row kernel.
+grouped convolution's row kernel and weight-gradient kernel.
 """
 import json
 import os
@@ -135,6 +135,18 @@ for (C, H, W, ks) in ((8, 5, 13, 7), (16, 6, 8, 3), (24, 4, 23, 9), (8, 7, 3, 5)
             lambda x, w, b: torch.nn.functional.conv2d(x, w, b, padding=ks // 2,
                                                        groups=C // 4),
             [x, rnd(C, 4, ks, ks), rnd(C)])
+
+# its weight and bias gradients in float32 (the AVX2 kernel: blocks of 3 and 2 window columns, two
+# images summed; the scalar loop in the DEFAULT build) against float64 autograd of F.conv2d
+for (C, H, W, ks) in ((8, 5, 13, 7), (16, 6, 4, 5), (24, 3, 9, 9), (8, 7, 3, 3)):
+    x, w, b = rnd(2, C, H, W), rnd(C, 4, ks, ks), rnd(C)
+    g = rnd(2, C, H, W)
+    ws, bs = w.clone().requires_grad_(), b.clone().requires_grad_()
+    torch.nn.functional.conv2d(x, ws, bs, padding=ks // 2, groups=C // 4).backward(g)
+    dw, db = torch.ops.mmattn.grouped_conv2d_weight_grad(g.float(), x.float(), ks, 4, True)
+    err32 = max(((dw.double() - ws.grad).abs().max() / ws.grad.abs().max()).item(),
+                ((db.double() - bs.grad).abs().max() / bs.grad.abs().max()).item())
+    errors[f'grouped conv weight grad C={C} {H}x{W} k={ks}'] = [0.0, err32]
 
 print(json.dumps(dict(kernels=_C.cpu_kernels(), na2d_kernels=_C.na2d_cpu_kernels(),
                       errors=errors)))

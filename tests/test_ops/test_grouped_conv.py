@@ -1,10 +1,11 @@
 """``mmattn.ops.grouped_conv2d``: ELSA's k x k grouped convolution against ``F.conv2d``.
 
-The compiled kernel (``mmattn::grouped_conv2d``) covers float32 maps with 4 channels per group,
-``C % 8 == 0`` and k in 3..9; the AVX2 row kernel computes 8 output columns per block, so widths
-that are not multiples of 8 take its narrower last block. It runs with the AVX2 build and on CPUs
-that split AVX-512 into 256-bit halves; elsewhere, and in float64, the op runs its scalar loop
-(and ``grouped_conv2d`` calls ``F.conv2d``). The capability builds (DEFAULT: the scalar loop in
+The compiled kernel (``mmattn::grouped_conv2d``, and ``mmattn::grouped_conv2d_weight_grad`` for
+its backward) covers float32 maps with 4 channels per group, ``C % 8 == 0`` and k in 3..9; the
+AVX2 row kernel computes 8 output columns per block, so widths that are not multiples of 8 take its
+narrower last block. It runs with the AVX2 build and on CPUs that split AVX-512 into 256-bit
+halves; elsewhere, and in float64, the op runs its scalar loop (and ``grouped_conv2d`` calls
+``F.conv2d``). The capability builds (DEFAULT: the scalar loop in
 float32 too) are compared in ``test_cpu_kernels.py``.
 """
 import pytest
@@ -67,8 +68,8 @@ def test_nchw_input_gives_the_same_values():
 
 @pytest.mark.parametrize('gw', [4, 8, 2])
 def test_float64_op_matches_conv2d_and_gradcheck(gw):
-    """The op's scalar loop (float64, any group width) and its autograd (ATen's convolution
-    backward) against F.conv2d."""
+    """The op's scalar loop (float64, any group width) and its autograd (the op on the output
+    gradient, mmattn::grouped_conv2d_weight_grad) against F.conv2d."""
     x, w, b = _inputs(2, 8, 5, 6, 3, gw=gw, dtype=torch.float64)
     out = torch.ops.mmattn.grouped_conv2d(x, w, b)
     torch.testing.assert_close(out, _conv_ref(x, w, b), rtol=1e-12, atol=1e-12)
@@ -88,6 +89,89 @@ def test_float32_gradients_match_conv2d():
     ref.backward(g)
     for a, r in ((xs.grad, xr.grad), (ws.grad, wr.grad), (bs.grad, br.grad)):
         torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-4)
+
+
+def _weight_grad_ref(g, x, w, with_bias):
+    """dw (and db) of F.conv2d by float64 autograd."""
+    ws = w.double().requires_grad_()
+    bs = torch.zeros(w.shape[0], dtype=torch.float64, requires_grad=True)
+    _conv_ref(x, ws, bs if with_bias else None).backward(g.double())
+    return ws.grad, bs.grad if with_bias else None
+
+
+@pytest.mark.parametrize('k', [3, 5, 7, 9])
+@pytest.mark.parametrize('B,C,H,W', [(1, 8, 6, 13), (2, 16, 5, 4), (3, 24, 1, 9)],
+                         ids=lambda v: str(v))
+def test_float32_weight_grad_matches_conv2d(B, C, H, W, k):
+    """The AVX2 weight-gradient kernel (window columns in blocks of 3 and 2, several images
+    summed into one block, maps narrower or shorter than the window) against float64 autograd
+    of F.conv2d; bias gradient on and off."""
+    x, w, _ = _inputs(B, C, H, W, k, seed=k * 10 + C)
+    g = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(k))
+    for with_bias in (True, False):
+        dw, db = torch.ops.mmattn.grouped_conv2d_weight_grad(g, x, k, 4, with_bias)
+        dw_ref, db_ref = _weight_grad_ref(g, x, w, with_bias)
+        assert dw.shape == w.shape and dw.dtype == torch.float32
+        torch.testing.assert_close(dw.double(), dw_ref, rtol=1e-4, atol=1e-4)
+        if with_bias:
+            torch.testing.assert_close(db.double(), db_ref, rtol=1e-4, atol=1e-4)
+        else:
+            assert db.numel() == 0
+
+
+@pytest.mark.parametrize('gw', [4, 8, 2, 1])
+def test_float64_weight_grad_matches_conv2d(gw):
+    """The scalar loop (float64, any group width; also the float32 path outside the kernel's
+    domain), NCHW inputs."""
+    x, w, _ = _inputs(2, 8, 5, 6, 3, gw=gw, dtype=torch.float64, channels_last=False)
+    g = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    dw, db = torch.ops.mmattn.grouped_conv2d_weight_grad(g, x, 3, gw, True)
+    dw_ref, db_ref = _weight_grad_ref(g, x, w, True)
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(db, db_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_input_grad_is_the_op_with_transposed_flipped_weights():
+    """The backward's input gradient runs the forward op on the output gradient: against
+    F.conv2d's float64 input gradient with 4 channels per group (the row kernel) and with 2
+    (the scalar loop, whose in-group transpose is not the identity either)."""
+    for gw in (4, 2):
+        x, w, b = _inputs(2, 16, 7, 11, 5, gw=gw)
+        xs = x.clone().requires_grad_()
+        xr = x.double().requires_grad_()
+        g = torch.randn(2, 16, 7, 11, dtype=torch.float64)
+        torch.ops.mmattn.grouped_conv2d(xs, w, b).backward(g.float())
+        _conv_ref(xr, w, b).backward(g)
+        torch.testing.assert_close(xs.grad.double(), xr.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_grad_does_not_depend_on_thread_count():
+    x, w, _ = _inputs(2, 32, 11, 19, 7)
+    g = torch.randn(2, 32, 11, 19).contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            outs.append(torch.ops.mmattn.grouped_conv2d_weight_grad(g, x, 7, 4, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_weight_grad_opcheck_and_argument_errors():
+    x = torch.randn(1, 8, 4, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.mmattn.grouped_conv2d_weight_grad.default,
+                          (torch.randn_like(x), x, 3, 4, True))
+    op = torch.ops.mmattn.grouped_conv2d_weight_grad
+    with pytest.raises(RuntimeError, match='grad must have the shape of x'):
+        op(torch.randn(1, 8, 4, 4, dtype=torch.float64), x, 3, 4, True)
+    with pytest.raises(RuntimeError, match='kernel_size must be odd'):
+        op(torch.randn_like(x), x, 4, 4, True)
+    with pytest.raises(RuntimeError, match='group_width must divide the 8 channels, got 3'):
+        op(torch.randn_like(x), x, 3, 3, True)
+    with pytest.raises(RuntimeError, match='share dtype'):
+        op(torch.randn_like(x).float(), x, 3, 4, True)
 
 
 @pytest.mark.parametrize('case', ['gw8', 'dilation', 'c12', 'float64', 'k11'])

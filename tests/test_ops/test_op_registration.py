@@ -13,7 +13,7 @@ from mmattn.ops import has_compiled_ops
 
 OPS = ('na2d_qk', 'na2d_qk_backward', 'na2d_av', 'na2d_av_backward', 'na2d_fused',
        'na2d_fused_train', 'na2d_fused_train_backward', 'ghost_head_aggregate',
-       'ghost_head_aggregate_backward', 'grouped_conv2d')
+       'ghost_head_aggregate_backward', 'grouped_conv2d', 'grouped_conv2d_weight_grad')
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 needs_ext = pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not built')

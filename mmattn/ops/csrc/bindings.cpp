@@ -27,6 +27,23 @@ void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& 
   }
 }
 
+void check_grouped_conv_weight_grad(const Tensor& grad, const Tensor& x, int64_t kernel_size,
+                                    int64_t group_width) {
+  TORCH_CHECK(x.dim() == 4, "grouped_conv2d_weight_grad: x must be (B, C, H, W), got ",
+              x.sizes());
+  TORCH_CHECK(grad.sizes() == x.sizes(), "grouped_conv2d_weight_grad: grad must have the shape ",
+              "of x ", x.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.device() == x.device(),
+              "grouped_conv2d_weight_grad: grad and x must share dtype and device");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "grouped_conv2d_weight_grad: float32 or float64 only, got ", x.scalar_type());
+  TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1,
+              "grouped_conv2d_weight_grad: kernel_size must be odd and >= 1, got ", kernel_size);
+  TORCH_CHECK(group_width >= 1 && x.size(1) % group_width == 0,
+              "grouped_conv2d_weight_grad: group_width must divide the ", x.size(1),
+              " channels, got ", group_width);
+}
+
 void check_na2d_qkv(const Tensor& q, const Tensor& k, int64_t kernel_size, int64_t dilation,
                     bool clamp) {
   TORCH_CHECK(q.dim() == 5, "na2d: q must be (B, heads, H, W, D), got ", q.sizes());
@@ -121,6 +138,9 @@ TORCH_LIBRARY(mmattn, m) {
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // CPU only: ELSA's k x k grouped convolution (stride 1, 'same' padding) of a channels-last map.
   m.def("grouped_conv2d(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // its weight and bias gradients (the bias one empty unless with_bias)
+  m.def("grouped_conv2d_weight_grad(Tensor grad, Tensor x, int kernel_size, int group_width, "
+        "bool with_bias) -> (Tensor, Tensor)");
   m.def("ghost_head_aggregate(Tensor v, Tensor attn, Tensor? ghost_mul, Tensor? ghost_add, "
         "int kernel_size, int dilation) -> Tensor");
   m.def("ghost_head_aggregate_backward(Tensor grad, Tensor v, Tensor attn, Tensor? ghost_mul, "

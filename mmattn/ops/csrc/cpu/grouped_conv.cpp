@@ -11,6 +11,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <tuple>
+
 #include "../ops.h"
 #include "grouped_conv_kernels.h"
 #include "na2d_kernels.h"
@@ -42,6 +45,33 @@ void gconv_rows_scalar(const GConvGeometry& g, const T* x, const T* w, const T* 
         }
         out[((b * H + i) * W + j) * C + o] = acc;
       }
+    }
+  }
+}
+
+// The weight gradient's reference loop, any group width: per output channel o (one task each),
+// dw[o, t, u, v] and db[o] summed over (b, i, j) in that order.
+template <typename T>
+void gconv_weight_grad_scalar(const GConvGeometry& g, const T* grad, const T* x, T* dw, T* db,
+                              int64_t begin, int64_t end) {
+  const int64_t B = g.B, H = g.H, W = g.W, C = g.C, K = g.K, GW = g.GW, R = K / 2;
+  for (int64_t o = begin; o < end; ++o) {
+    const int64_t c0 = o / GW * GW;
+    for (int64_t t = 0; t < GW; ++t)
+      for (int64_t u = 0; u < K; ++u)
+        for (int64_t v = 0; v < K; ++v) {
+          T acc = 0;
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t i = std::max<int64_t>(0, R - u); i < std::min(H, H + R - u); ++i)
+              for (int64_t j = std::max<int64_t>(0, R - v); j < std::min(W, W + R - v); ++j)
+                acc += grad[((b * H + i) * W + j) * C + o] *
+                       x[((b * H + i + u - R) * W + j + v - R) * C + c0 + t];
+          dw[((o * GW + t) * K + u) * K + v] = acc;
+        }
+    if (db) {
+      T acc = 0;
+      for (int64_t p = 0; p < B * H * W; ++p) acc += grad[p * C + o];
+      db[o] = acc;
     }
   }
 }
@@ -96,9 +126,54 @@ Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const Opt
   return out;
 }
 
+// The gradients of grouped_conv2d's weight and bias: dw (C, GW, k, k) and db (C,) (an empty
+// tensor when with_bias is false), from the output gradient and the input x, both (B, C, H, W)
+// of any layout. The domain of the row kernel runs its AVX2 weight-gradient kernel (one task per
+// 8-channel block), anything else the scalar loop (one task per channel); each sum has a fixed
+// order, so results are bit-identical from run to run and across thread counts.
+std::tuple<Tensor, Tensor> grouped_conv2d_weight_grad_cpu(const Tensor& grad_in,
+                                                          const Tensor& x_in, int64_t kernel_size,
+                                                          int64_t group_width, bool with_bias) {
+  check_grouped_conv_weight_grad(grad_in, x_in, kernel_size, group_width);
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const int64_t GW = group_width, K = kernel_size;
+  const GConvGeometry g{B, H, W, C, K, GW};
+  const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor dw = at::empty({C, GW, K, K}, x.options());
+  Tensor db = at::empty({with_bias ? C : 0}, x.options());
+  if (B * H * W == 0) {
+    dw.zero_(), db.zero_();
+    return {dw, db};
+  }
+#ifdef MMATTN_HAVE_AVX2
+  if (x.scalar_type() == at::kFloat && gconv_vec_supported(g) && gconv_vectorised()) {
+    Tensor dwp = at::empty({C / 8, K, K, GW, 8}, x.options());  // the packed layout
+    const float *gp = grad.data_ptr<float>(), *xp = x.data_ptr<float>();
+    float* dwpp = dwp.data_ptr<float>();
+    float* dbp = with_bias ? db.data_ptr<float>() : nullptr;
+    at::parallel_for(0, C / 8, 1, [&](int64_t begin, int64_t end) {
+      AVX2::gconv_weight_grad_blocks(g, gp, xp, dwpp, dbp, begin, end);
+    });
+    dw.copy_(dwp.permute({0, 4, 3, 1, 2}).reshape({C, GW, K, K}));
+    return {dw, db};
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_conv2d_weight_grad_cpu", [&] {
+    const scalar_t *gp = grad.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+    scalar_t* dwp = dw.data_ptr<scalar_t>();
+    scalar_t* dbp = with_bias ? db.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      gconv_weight_grad_scalar<scalar_t>(g, gp, xp, dwp, dbp, begin, end);
+    });
+  });
+  return {dw, db};
+}
+
 }  // namespace cpu
 }  // namespace mmattn
 
 TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("grouped_conv2d", &mmattn::cpu::grouped_conv2d_cpu);
+  m.impl("grouped_conv2d_weight_grad", &mmattn::cpu::grouped_conv2d_weight_grad_cpu);
 }

@@ -39,6 +39,14 @@ namespace AVX2 {
 // bias: C values (zeros when the op has none).
 void gconv_rows(const GConvGeometry& g, const float* x, const float* wp, const float* bias,
                 float* out, int64_t begin, int64_t end);
+// The weight gradient of the 8-channel blocks [begin, end) of the C/8:
+//   dwp[cb, u, v, t, l] = sum_{b, i, j} grad[b, i, j, 8*cb + l]
+//                                     * x[b, i + u - r, j + v - r, 8*cb + 4*(l / 4) + t]
+// (the packed layout of gconv_rows's weights), and db[8*cb + l] = sum_{b, i, j} grad[b, i, j,
+// 8*cb + l] when db is not null. grad, x: (B, H, W, C) contiguous. Each block is one task with a
+// fixed sum order (b, i, j), so the result does not depend on the thread count.
+void gconv_weight_grad_blocks(const GConvGeometry& g, const float* grad, const float* x,
+                              float* dwp, float* db, int64_t begin, int64_t end);
 }  // namespace AVX2
 #endif
 

@@ -2,6 +2,9 @@
 // AVX2 flags. Only AVX2 + FMA intrinsics: AVX-512 machines run this build too.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "../grouped_conv_kernels.h"
 
 namespace mmattn {
@@ -96,7 +99,87 @@ void rows(const GConvGeometry& g, const float* x, const float* wp, const float* 
   }
 }
 
+// The weight gradient (gconv_weight_grad_blocks). xe: the block's 8 input channels of one image
+// as GroupInputs vectors, 4 per pixel ((H + 2r) x (W + 2r) pixels, zero border of r), so that
+// every (window row u, window column v, group input t) reads one vector per output pixel.
+// VB window columns v0 .. v0+VB-1 of window row u: VB x 4 accumulators over the image's pixels,
+// each FMA reading its x vector from memory; they start from dst (the previous images' sums) or
+// zero, and go back to dst.
+template <int VB>
+inline void weight_grad_block(const float* gb, const float* xe, int64_t H, int64_t W, int64_t C,
+                              int64_t Wp, int64_t u, int64_t v0, float* dst, bool accumulate) {
+  __m256 acc[VB][4];
+  for (int vv = 0; vv < VB; ++vv)
+    for (int t = 0; t < 4; ++t)
+      acc[vv][t] = accumulate ? _mm256_loadu_ps(dst + (vv * 4 + t) * 8) : _mm256_setzero_ps();
+  for (int64_t i = 0; i < H; ++i) {
+    const float* gr = gb + i * W * C;
+    const float* xr = xe + ((i + u) * Wp + v0) * 32;
+    for (int64_t j = 0; j < W; ++j) {
+      const __m256 gv = _mm256_loadu_ps(gr + j * C);
+      const float* xp = xr + j * 32;
+#pragma GCC unroll 4
+      for (int vv = 0; vv < VB; ++vv)
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t)
+          acc[vv][t] = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp + (vv * 4 + t) * 8), acc[vv][t]);
+    }
+  }
+  for (int vv = 0; vv < VB; ++vv)
+    for (int t = 0; t < 4; ++t) _mm256_storeu_ps(dst + (vv * 4 + t) * 8, acc[vv][t]);
+}
+
+// Window columns in blocks of 3 (12 accumulators and the gradient vector: 13 of the 16 AVX2
+// registers), then 2: never a block of 1, whose 4 dependent FMA chains would run at half rate.
+inline int column_block(int64_t K, int64_t v0) {
+  const int64_t left = K - v0;
+  return left == 4 || left == 2 ? 2 : 3;
+}
+
+void weight_grad_blocks(const GConvGeometry& g, const float* grad, const float* x, float* dwp,
+                        float* db, int64_t begin, int64_t end) {
+  const int64_t H = g.H, W = g.W, C = g.C, K = g.K, R = K / 2;
+  const int64_t Hp = H + 2 * R, Wp = W + 2 * R, plane = H * W * C;
+  thread_local std::vector<float> xe_buf;  // kept from call to call (no fresh pages each time)
+  if (static_cast<int64_t>(xe_buf.size()) < Hp * Wp * 32) xe_buf.resize(Hp * Wp * 32);
+  float* xe = xe_buf.data();
+  for (int64_t cb = begin; cb < end; ++cb) {
+    float* dst_cb = dwp + cb * K * K * 32;
+    __m256 dbv = _mm256_setzero_ps();
+    for (int64_t b = 0; b < g.B; ++b) {
+      const float* xb = x + b * plane + cb * 8;
+      const float* gb = grad + b * plane + cb * 8;
+      std::fill(xe, xe + Hp * Wp * 32, 0.f);
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j) {
+          GroupInputs in;
+          in.load(xb + (i * W + j) * C);
+          float* o = xe + ((i + R) * Wp + j + R) * 32;
+          for (int t = 0; t < 4; ++t) _mm256_storeu_ps(o + t * 8, in.v[t]);
+        }
+      for (int64_t u = 0; u < K; ++u)
+        for (int64_t v0 = 0; v0 < K;) {
+          const int vb = column_block(K, v0);
+          float* dst = dst_cb + (u * K + v0) * 32;
+          if (vb == 3)
+            weight_grad_block<3>(gb, xe, H, W, C, Wp, u, v0, dst, b > 0);
+          else
+            weight_grad_block<2>(gb, xe, H, W, C, Wp, u, v0, dst, b > 0);
+          v0 += vb;
+        }
+      if (db)
+        for (int64_t p = 0; p < H * W; ++p) dbv = _mm256_add_ps(dbv, _mm256_loadu_ps(gb + p * C));
+    }
+    if (db) _mm256_storeu_ps(db + cb * 8, dbv);
+  }
+}
+
 }  // namespace
+
+void gconv_weight_grad_blocks(const GConvGeometry& g, const float* grad, const float* x,
+                              float* dwp, float* db, int64_t begin, int64_t end) {
+  weight_grad_blocks(g, grad, x, dwp, db, begin, end);
+}
 
 void gconv_rows(const GConvGeometry& g, const float* x, const float* wp, const float* bias,
                 float* out, int64_t begin, int64_t end) {
