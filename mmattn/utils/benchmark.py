@@ -8,7 +8,7 @@ buffers leave the resident set.
 import os
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -77,17 +77,42 @@ def peak_mib(fn: Callable[[], None], device: torch.device) -> float:
     return mem.mib
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], None]], warmup: int,
-                        repeats: int) -> Dict[str, float]:
-    """Median wall time of each function, its repeats interleaved with the others' (round
-    ``r`` times every function once), so that machine drift hits all of them alike."""
+def interleaved_times(fns: Dict[str, Callable[[], None]], warmup: int,
+                      repeats: int) -> Dict[str, List[float]]:
+    """Wall times (seconds) of ``repeats`` calls of each function after ``warmup`` calls, the
+    repeats interleaved (round ``r`` times every function once, in the dict's order), so that
+    machine drift hits all of them alike; entry ``r`` of every list comes from round ``r``."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: Dict[str, list] = {name: [] for name in fns}
+    times: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], None]], warmup: int,
+                        repeats: int) -> Dict[str, float]:
+    """Median wall time of each function over interleaved repeats (:func:`interleaved_times`)."""
+    return {name: statistics.median(t)
+            for name, t in interleaved_times(fns, warmup, repeats).items()}
+
+
+def paired_ratios(times: Sequence[float], base: Sequence[float]) -> Tuple[float, float, float]:
+    """(median, lower quartile, upper quartile) of the per-round ratios ``times[r] / base[r]``
+    of two interleaved series (:func:`interleaved_times`).
+
+    A slow spell of the machine hits both calls of a round, so these ratios scatter less than
+    the two series do, and their quartiles show how far one run's ratio can be trusted: the
+    ratio of the two medians can move by as much as the machine's drift."""
+    if len(times) != len(base) or not times:
+        raise ValueError(f'paired_ratios needs two series of the same non-zero length, got '
+                         f'{len(times)} and {len(base)}')
+    ratios = [t / b for t, b in zip(times, base)]
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    return statistics.median(ratios), q1, q3

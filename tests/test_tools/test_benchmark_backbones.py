@@ -41,7 +41,27 @@ def test_rows_ratios_and_json(tmp_path, capsys):
     base, other = result['ratios']
     assert base['infer_time'] == base['train_time'] == base['train_memory'] == 1.0
     assert other['train_time'] == pytest.approx(elsa['train_ms'] / r18['train_ms'])
-    assert 'ratios to the first' in capsys.readouterr().out
+    for row in result['rows']:  # (median, lower quartile, upper quartile) of paired ratios
+        assert len(row['infer_paired']) == len(row['train_paired']) == 3
+    assert r18['infer_paired'] == r18['train_paired'] == [1.0, 1.0, 1.0]
+    # one repeat: the paired ratio is the ratio of the two single times
+    assert elsa['train_paired'][0] == pytest.approx(elsa['train_ms'] / r18['train_ms'])
+    printed = capsys.readouterr().out
+    assert 'ratios to the first' in printed and 'per-round (paired) time ratios' in printed
+
+
+def test_paired_ratios_median_and_quartiles():
+    from mmattn.utils.benchmark import paired_ratios
+    # round ratios 2, 1.5, 1, 1.2, 3 (a slow round hits both sides: 10 / 5 and 30 / 10)
+    times, base = [10, 3, 2, 6, 30], [5, 2, 2, 5, 10]
+    med, q1, q3 = paired_ratios(times, base)
+    assert med == pytest.approx(1.5)
+    assert (q1, q3) == (pytest.approx(1.2), pytest.approx(2.0))
+    assert paired_ratios([4.0], [2.0]) == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match='same non-zero length'):
+        paired_ratios([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match='same non-zero length'):
+        paired_ratios([], [])
 
 
 def test_bad_shape_is_refused():

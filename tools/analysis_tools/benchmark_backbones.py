@@ -5,8 +5,12 @@ measured in the same run on the same input: parameters, multiply-accumulates of 
 (mmengine's analysis with mmattn's op handles), inference time (eval mode, no grad) and training
 time (train mode, forward + backward) as the median of ``--repeats`` runs after ``--warmup``, the
 repeats of all configs interleaved (round r runs every config once, so machine drift hits the
-baseline and the others alike), and the peak memory of each (on CPU in a child process, see ``mmattn/utils/benchmark.py``). The
-first config is the baseline: every row also gets its ratios to it.
+baseline and the others alike), and the peak memory of each (on CPU in a child process, see
+``mmattn/utils/benchmark.py``). The first config is the baseline: every row also gets its ratios
+to it (of the medians), and the median and quartiles of its per-round ratios (round r's time over
+the baseline's time in round r: both sides of each ratio share the machine's state, so these
+scatter less than the medians' ratio, and the quartiles show how far one run can be trusted;
+``infer_paired`` and ``train_paired`` in the JSON).
 
 With ``--all`` it measures every registered mmattn backbone variant (from ``BACKBONES`` and the
 arch tables: a family added there is included with no edit here) beside the OpenMMLab
@@ -37,11 +41,12 @@ Configs are files or stock configs as ``codebase::path``. Examples::
 import argparse
 import json
 import os.path as osp
+import statistics
 import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -53,7 +58,7 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated', categor
 warnings.filterwarnings('ignore', message='LaViT: the diagonality-preserving loss')
 
 from mmattn.utils.benchmark import (cpu_memory_env, interleaved_medians,  # noqa: E402
-                                    peak_mib)
+                                    interleaved_times, paired_ratios, peak_mib)
 from mmattn.utils.tools import load_config  # noqa: E402
 
 
@@ -67,6 +72,9 @@ class Row:
     infer_mib: float
     train_ms: float
     train_mib: float
+    # per-round ratios to the first config: (median, lower quartile, upper quartile)
+    infer_paired: List[float] = field(default_factory=list)
+    train_paired: List[float] = field(default_factory=list)
 
 
 def build_backbone(config: str) -> torch.nn.Module:
@@ -147,12 +155,16 @@ def measure_configs(configs: List[str], shape: Tuple[int, int], batch: int,
                                                                                          device)
         prepared.append((config, type(model).__name__, params, gmac))
         print(f'  built {config}', flush=True)
-    times = interleaved_medians(fns, warmup, repeats)
+    series = interleaved_times(fns, warmup, repeats)
+    base = prepared[0][0]
     rows = []
     for config, name, params, gmac in prepared:
         infer_mib, train_mib = memory_probe(config, shape, batch, device)
-        rows.append(Row(config, name, params, gmac, times[f'{config}/infer'] * 1e3, infer_mib,
-                        times[f'{config}/train'] * 1e3, train_mib))
+        infer, train = series[f'{config}/infer'], series[f'{config}/train']
+        rows.append(Row(config, name, params, gmac, statistics.median(infer) * 1e3, infer_mib,
+                        statistics.median(train) * 1e3, train_mib,
+                        list(paired_ratios(infer, series[f'{base}/infer'])),
+                        list(paired_ratios(train, series[f'{base}/train']))))
     return rows
 
 
@@ -361,6 +373,14 @@ def main(argv=None) -> dict:
         print(f'{name:60s} {r.params_m:9.2f} {r.gmac:7.2f} {r.infer_ms:9.1f} {r.infer_mib:7.0f} '
               f'{r.train_ms:9.1f} {r.train_mib:7.0f}  {ratio["infer_time"]:.2f}x / '
               f'{ratio["train_time"]:.2f}x, {ratio["train_memory"]:.2f}x')
+    if len(rows) > 1:
+        print('per-round (paired) time ratios to the first config, median [quartiles]; a round '
+              'runs every config once, so machine drift hits both sides of each ratio:')
+        for r in rows[1:]:
+            name = r.config if len(r.config) <= 60 else '...' + r.config[-57:]
+            (im, il, ih), (tm, tl, th) = r.infer_paired, r.train_paired
+            print(f'  {name:60s} infer {im:.2f}x [{il:.2f}-{ih:.2f}], train {tm:.2f}x '
+                  f'[{tl:.2f}-{th:.2f}]')
     result = dict(device=str(device), threads=torch.get_num_threads(), batch=args.batch,
                   shape=list(shape), rows=[asdict(r) for r in rows], ratios=ratios)
     if args.json:
