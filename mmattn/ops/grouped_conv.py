@@ -9,6 +9,7 @@ each group's weights transposed and flipped), and its weight and bias gradients 
 ``mmattn::grouped_conv2d_weight_grad``, whose AVX2 kernel holds 3 window columns x 4 group inputs
 of 8 output channels in registers over the image's pixels.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -31,18 +32,24 @@ def kernel_runs_here() -> bool:
     return _VECTORISED
 
 
+@functools.lru_cache(maxsize=None)
+def _kernel_covers(channels: int, kernel_size: int, group_width: int) -> bool:
+    """The C++ entry point's own test (``mmattn._C.grouped_conv_kernel_covers``): C % 8 == 0,
+    4 channels per group (with 8, mkldnn's kernel is as fast), k in 3..9, on a CPU where the
+    kernel runs (:func:`kernel_runs_here`)."""
+    from mmattn import _C
+    return bool(_C.grouped_conv_kernel_covers(channels, kernel_size, group_width))
+
+
 def _use_kernel(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> bool:
-    """The compiled kernel's domain: eager CPU float32 on a CPU where it runs
-    (:func:`kernel_runs_here`), C % 8 == 0, 4 channels per group (with 8, mkldnn's kernel is as
-    fast), k in 3..9, no dilation, C output channels; a trace (FLOP counting, export) or
-    torch.compile sees ``F.conv2d`` instead."""
+    """The compiled kernel's domain: eager CPU float32, no dilation, C output channels and
+    square weights, and the shapes its AVX2 kernels cover on this CPU (:func:`_kernel_covers`);
+    a trace (FLOP counting, export) or torch.compile sees ``F.conv2d`` instead."""
     if capturing_graph() or not has_compiled_ops() or x.device.type != 'cpu':
         return False
-    if x.dtype != torch.float32 or not kernel_runs_here():
-        return False
     C, gw, k = x.shape[1], weight.shape[1], weight.shape[2]
-    return (dilation == 1 and weight.dtype == x.dtype and weight.shape[0] == C and C % 8 == 0
-            and gw == 4 and k in (3, 5, 7, 9) and weight.shape[3] == k)
+    return (x.dtype == torch.float32 and dilation == 1 and weight.dtype == x.dtype
+            and weight.shape[0] == C and weight.shape[3] == k and _kernel_covers(C, k, gw))
 
 
 def grouped_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

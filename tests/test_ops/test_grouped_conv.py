@@ -57,6 +57,20 @@ def test_kernel_runs_with_avx2_and_split_avx512(splits_avx512):
     assert kernel_runs_here() == (build == 'AVX2' or (build == 'AVX512' and splits_avx512))
 
 
+def test_python_routes_by_the_entry_points_rule():
+    """mmattn.ops.grouped_conv2d asks the C++ entry point which shapes its kernels cover, so the
+    two cannot drift apart (a shape the Python side sent to the op but the op did not cover
+    would run its scalar loop instead of mkldnn)."""
+    from mmattn import _C
+    runs = kernel_runs_here()
+    for (C, k, gw) in ((16, 7, 4), (8, 3, 4), (24, 9, 4), (256, 5, 4)):
+        assert _C.grouped_conv_kernel_covers(C, k, gw) == runs
+    for (C, k, gw) in ((12, 7, 4), (16, 7, 8), (16, 11, 4), (16, 1, 4), (16, 7, 2)):
+        assert not _C.grouped_conv_kernel_covers(C, k, gw)
+        x, w, _ = _inputs(1, C, 5, 5, k, gw=gw, bias=False)
+        assert not _use_kernel(x, w, 1)
+
+
 def test_nchw_input_gives_the_same_values():
     x, w, b = _inputs(1, 16, 9, 11, 7, channels_last=False)
     assert x.is_contiguous()

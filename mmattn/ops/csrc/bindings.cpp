@@ -153,6 +153,7 @@ namespace cpu {
 const char* cpu_kernels();       // na2d.cpp
 const char* na2d_cpu_kernels();  // na2d.cpp
 bool gconv_vectorised();         // grouped_conv.cpp
+bool gconv_kernel_covers(int64_t channels, int64_t kernel_size, int64_t group_width);
 }  // namespace cpu
 }  // namespace mmattn
 
@@ -177,6 +178,15 @@ static PyObject* grouped_conv_vectorised(PyObject*, PyObject*) {
   return PyBool_FromLong(mmattn::cpu::gconv_vectorised());
 }
 
+// mmattn._C.grouped_conv_kernel_covers(channels, kernel_size, group_width): whether float32 maps
+// of that shape run grouped_conv2d's AVX2 kernels on this CPU (the domain the C++ entry points
+// test, so that mmattn.ops.grouped_conv2d routes by the same rule).
+static PyObject* grouped_conv_kernel_covers(PyObject*, PyObject* args) {
+  long long channels = 0, kernel_size = 0, group_width = 0;
+  if (!PyArg_ParseTuple(args, "LLL", &channels, &kernel_size, &group_width)) return nullptr;
+  return PyBool_FromLong(mmattn::cpu::gconv_kernel_covers(channels, kernel_size, group_width));
+}
+
 static PyMethodDef mmattn_c_methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS,
      "The CPU capability whose kernel build runs: AVX512, AVX2 or DEFAULT."},
@@ -184,6 +194,9 @@ static PyMethodDef mmattn_c_methods[] = {
      "The kernel build na2d runs: AVX512, AVX2 or DEFAULT (MMATTN_NA2D_KERNELS chooses)."},
     {"grouped_conv_vectorised", grouped_conv_vectorised, METH_NOARGS,
      "Whether grouped_conv2d's AVX2 row kernel runs on this CPU (else mkldnn's convolution)."},
+    {"grouped_conv_kernel_covers", grouped_conv_kernel_covers, METH_VARARGS,
+     "grouped_conv_kernel_covers(channels, kernel_size, group_width): whether float32 maps of "
+     "that shape run grouped_conv2d's AVX2 kernels on this CPU."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef mmattn_c_module = {PyModuleDef_HEAD_INIT, "_C",

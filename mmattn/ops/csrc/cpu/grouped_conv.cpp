@@ -91,6 +91,11 @@ bool gconv_vectorised() {
 #endif
 }
 
+bool gconv_kernel_covers(int64_t channels, int64_t kernel_size, int64_t group_width) {
+  const GConvGeometry g{1, 1, 1, channels, kernel_size, group_width};
+  return gconv_vec_supported(g) && gconv_vectorised();
+}
+
 Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const OptTensor& bias_in) {
   check_grouped_conv(x_in, weight_in, bias_in);
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
@@ -103,11 +108,11 @@ Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const Opt
   Tensor out = at::empty({B, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
 #ifdef MMATTN_HAVE_AVX2
-  if (x.scalar_type() == at::kFloat && gconv_vec_supported(g) && gconv_vectorised()) {
+  if (x.scalar_type() == at::kFloat && gconv_kernel_covers(C, K, GW)) {
     // wp[cb, u, v, t, l] = w[8*cb + l, t, u, v]: one 8-lane vector per (tap, group input)
     const Tensor wp = weight.view({C / 8, 8, GW, K, K}).permute({0, 3, 4, 2, 1}).contiguous();
-    const Tensor b = bias.has_value() ? *bias : at::zeros({C}, x.options());
-    const float *xp = x.data_ptr<float>(), *wpp = wp.data_ptr<float>(), *bp = b.data_ptr<float>();
+    const float *xp = x.data_ptr<float>(), *wpp = wp.data_ptr<float>();
+    const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
     float* op = out.data_ptr<float>();
     at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
       AVX2::gconv_rows(g, xp, wpp, bp, op, begin, end);
@@ -147,7 +152,7 @@ std::tuple<Tensor, Tensor> grouped_conv2d_weight_grad_cpu(const Tensor& grad_in,
     return {dw, db};
   }
 #ifdef MMATTN_HAVE_AVX2
-  if (x.scalar_type() == at::kFloat && gconv_vec_supported(g) && gconv_vectorised()) {
+  if (x.scalar_type() == at::kFloat && gconv_kernel_covers(C, K, GW)) {
     Tensor dwp = at::empty({C / 8, K, K, GW, 8}, x.options());  // the packed layout
     const float *gp = grad.data_ptr<float>(), *xp = x.data_ptr<float>();
     float* dwpp = dwp.data_ptr<float>();

@@ -24,6 +24,9 @@ struct GConvGeometry {
 // and with the AVX-512 one where AVX-512 runs as two 256-bit halves (AMD Zen 4), where it was
 // measured faster than mkldnn; on CPUs with full-width AVX-512 units mkldnn keeps the convolution.
 bool gconv_vectorised();
+// gconv_vec_supported and gconv_vectorised: the float32 domain of the AVX2 kernels, which
+// mmattn.ops.grouped_conv2d also routes by (mmattn._C.grouped_conv_kernel_covers).
+bool gconv_kernel_covers(int64_t channels, int64_t kernel_size, int64_t group_width);
 
 // True when the AVX2 row kernel covers (C, K, GW): C % 8 == 0, GW == 4 (ELSA-Swin-T's width; with
 // 8 channels per group mkldnn's kernel is as fast), K in {3, 5, 7, 9}.
@@ -36,7 +39,7 @@ inline bool gconv_vec_supported(const GConvGeometry& g) {
 namespace AVX2 {
 // Output rows [begin, end) of the (B*H) rows. x, out: (B, H, W, C) contiguous; wp: the packed
 // weights (C/8, K, K, 4, 8), wp[cb, u, v, t, l] = w[8*cb + l, t, u, v] (grouped_conv2d_cpu);
-// bias: C values (zeros when the op has none).
+// bias: C values, or null when the op has none.
 void gconv_rows(const GConvGeometry& g, const float* x, const float* wp, const float* bias,
                 float* out, int64_t begin, int64_t end);
 // The weight gradient of the 8-channel blocks [begin, end) of the C/8:

@@ -38,7 +38,7 @@ inline void block(const GConvGeometry& g, const float* x, const float* wp, const
   constexpr int R = K / 2;
   const int64_t H = g.H, W = g.W, C = g.C;
   __m256 acc[P];
-  const __m256 bv = _mm256_loadu_ps(bias + cb * 8);
+  const __m256 bv = bias ? _mm256_loadu_ps(bias + cb * 8) : _mm256_setzero_ps();
   for (int p = 0; p < P; ++p) acc[p] = bv;
   for (int u = 0; u < K; ++u) {
     const int64_t row = i + u - R;
