@@ -19,7 +19,7 @@
 #include "../ops.h"
 #include "cpu_utils.h"
 #include "ghost_kernels.h"
-#include "na2d_kernels.h"
+#include "capability.h"
 
 namespace mmattn {
 namespace cpu {

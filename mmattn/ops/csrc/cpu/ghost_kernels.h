@@ -1,6 +1,6 @@
 // Interface between the ghost_head_aggregate CPU entry points (ghost_head.cpp) and their
 // vectorised row kernels (ghost_vec.h), compiled once per CPU capability like na2d's
-// (na2d_kernels.h) and picked with the same run-time choice (cpu_build()).
+// (na2d_kernels.h) and picked with the same run-time choice (capability.h: cpu_build()).
 #pragma once
 #include <cstdint>
 

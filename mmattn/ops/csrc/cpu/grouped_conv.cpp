@@ -16,7 +16,7 @@
 
 #include "../ops.h"
 #include "grouped_conv_kernels.h"
-#include "na2d_kernels.h"
+#include "capability.h"
 
 namespace mmattn {
 namespace cpu {

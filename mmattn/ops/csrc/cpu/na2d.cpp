@@ -13,7 +13,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -23,10 +22,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
-
 #include "../common/window.h"
 #include "../ops.h"
 #include "cpu_utils.h"
@@ -34,37 +29,6 @@
 
 namespace mmattn {
 namespace cpu {
-
-// The kernel build that runs: ATen's CPU capability (ATEN_CPU_CAPABILITY can lower it), read
-// once, mapped onto the builds this extension has.
-CpuBuild cpu_build() {
-  static const CpuBuild build = [] {
-    const std::string cap = at::get_cpu_capability();
-#if defined(MMATTN_HAVE_AVX512)
-    if (cap == "AVX512") return CpuBuild::AVX512;
-#endif
-#if defined(MMATTN_HAVE_AVX2)
-    if (cap == "AVX2" || cap == "AVX512") return CpuBuild::AVX2;
-#endif
-    return CpuBuild::DEFAULT;
-  }();
-  return build;
-}
-
-bool avx512_split_into_256_bit_halves() {
-#if defined(__x86_64__) || defined(__i386__)
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;  // (callers cache the answer)
-  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
-  // "AuthenticAMD" in ebx, edx, ecx
-  const bool amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;
-  if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
-  unsigned family = (eax >> 8) & 0xfu;
-  if (family == 0xfu) family += (eax >> 20) & 0xffu;
-  return family == 0x19u;  // Zen 3 (no AVX-512) and Zen 4
-#else
-  return false;
-#endif
-}
 
 namespace {
 
@@ -87,14 +51,6 @@ CpuBuild na2d_build_for(CpuBuild build, const char* request, bool split) {
   return static_cast<int>(want) < static_cast<int>(build) ? want : build;
 }
 
-const char* build_name(CpuBuild build) {
-  switch (build) {
-    case CpuBuild::AVX512: return "AVX512";
-    case CpuBuild::AVX2: return "AVX2";
-    default: return "DEFAULT";
-  }
-}
-
 }  // namespace
 
 // na2d's kernel build: cpu_build(), except on CPUs whose AVX-512 instructions run as two 256-bit
@@ -109,9 +65,7 @@ CpuBuild na2d_build() {
   return build;
 }
 
-const char* na2d_cpu_kernels() { return build_name(na2d_build()); }
-
-const char* cpu_kernels() { return build_name(cpu_build()); }
+const char* na2d_cpu_kernels() { return cpu_build_name(na2d_build()); }
 
 namespace {
 

@@ -17,6 +17,8 @@
 #pragma once
 #include <cstdint>
 
+#include "capability.h"
+
 // gcc turns zero-fill and copy loops into memset/memcpy calls, which cost more than the loop on
 // the short rows of the strip layout (na2d.cpp: padded_row); this attribute keeps the loops.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -28,13 +30,9 @@
 namespace mmattn {
 namespace cpu {
 
-// The kernel build in use (na2d.cpp: ATen's CPU capability, read once); na2d's own, which runs
-// the AVX2 build on CPUs that split AVX-512 instructions into 256-bit halves (na2d.cpp).
-enum class CpuBuild : int { DEFAULT, AVX2, AVX512 };
-CpuBuild cpu_build();
+// na2d's kernel build: cpu_build() (capability.h), except that it runs the AVX2 build on CPUs
+// that split AVX-512 instructions into 256-bit halves (na2d.cpp; MMATTN_NA2D_KERNELS chooses).
 CpuBuild na2d_build();
-// AMD Zen 4 (CPUID family 0x19 with AVX-512): 512-bit instructions run as two 256-bit halves.
-bool avx512_split_into_256_bit_halves();
 
 struct StripGeometry {
   int64_t B, heads, H, W, D, k, d;
