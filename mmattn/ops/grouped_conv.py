@@ -7,7 +7,10 @@ in registers and runs it at 90-100 GFLOP/s, 0.68-0.75x of mkldnn's time at ELSA-
 sizes (README, "Compiled ops"). Its input gradient is the same op on the output gradient (with
 each group's weights transposed and flipped), and its weight and bias gradients are
 ``mmattn::grouped_conv2d_weight_grad``, whose AVX2 kernel holds 3 window columns x 4 group inputs
-of 8 output channels in registers over the image's pixels.
+of 8 output channels in registers over the image's pixels; a differentiable backward
+(``create_graph=True``) is ATen's ``convolution_backward``. Outside the kernels' domain (see
+:func:`grouped_conv2d`) the op and its gradients run scalar loops: :func:`grouped_conv2d` sends
+such shapes to ``F.conv2d`` instead of the op.
 """
 import functools
 from typing import Optional
@@ -96,6 +99,13 @@ def _register() -> None:
         C, gw, k = weight.shape[0], weight.shape[1], weight.shape[-1]
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if torch.is_grad_enabled():
+            # a differentiable backward (create_graph=True: double backward, gradient
+            # penalties): ATen's, since mmattn::grouped_conv2d_weight_grad has no autograd
+            dx, dw, db = torch.ops.aten.convolution_backward(
+                grad, x, weight, [C] if ctx.has_bias else None, [1, 1], [k // 2, k // 2],
+                [1, 1], False, [0, 0], C // gw, [want_x, want_w, want_b])
+            return (dx if want_x else None, dw if want_w else None, db if want_b else None)
         dx = dw = db = None
         if want_x:
             # the input gradient of a stride-1 'same' grouped convolution is the same

@@ -159,6 +159,36 @@ def test_input_grad_is_the_op_with_transposed_flipped_weights():
         torch.testing.assert_close(xs.grad.double(), xr.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_weight_grad_scratch_reuse_holds_no_stale_data():
+    """The kernel's per-thread scratch (one image's channels with a zero border of k // 2) is
+    kept from call to call: a large map with k=9, then smaller ones with k=3 and k=7 (a border
+    left from the larger call would add its values), each against the reference."""
+    for (B, C, H, W, k) in ((2, 16, 21, 23, 9), (1, 16, 5, 4, 3), (1, 8, 9, 6, 7)):
+        x, w, _ = _inputs(B, C, H, W, k, seed=H + k)
+        g = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(W))
+        dw, db = torch.ops.mmattn.grouped_conv2d_weight_grad(g, x, k, 4, True)
+        dw_ref, db_ref = _weight_grad_ref(g, x, w, True)
+        torch.testing.assert_close(dw.double(), dw_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(db.double(), db_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_backward_runs_the_weight_grad_op_and_create_graph_runs_aten():
+    """A plain backward calls mmattn::grouped_conv2d_weight_grad; a differentiable one
+    (create_graph=True) ATen's convolution_backward, so second derivatives are right
+    (gradgradcheck in float64)."""
+    from torch.profiler import profile
+    x, w, b = _inputs(1, 16, 6, 7, 5)
+    xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+    with profile() as prof:
+        torch.ops.mmattn.grouped_conv2d(xs, ws, bs).square().sum().backward()
+    names = {e.name for e in prof.events()}
+    assert 'mmattn::grouped_conv2d_weight_grad' in names
+    assert 'aten::convolution_backward' not in names
+    x, w, b = _inputs(1, 8, 4, 5, 3, dtype=torch.float64)
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_())
+    assert torch.autograd.gradgradcheck(torch.ops.mmattn.grouped_conv2d, args)
+
+
 def test_weight_grad_does_not_depend_on_thread_count():
     x, w, _ = _inputs(2, 32, 11, 19, 7)
     g = torch.randn(2, 32, 11, 19).contiguous(memory_format=torch.channels_last)

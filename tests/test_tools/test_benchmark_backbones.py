@@ -57,6 +57,10 @@ def test_paired_ratios_median_and_quartiles():
     med, q1, q3 = paired_ratios(times, base)
     assert med == pytest.approx(1.5)
     assert (q1, q3) == (pytest.approx(1.2), pytest.approx(2.0))
+    # ratios by round 0.2, 0.5, 1, 2, 5; pairing the sorted series instead would give 1 five
+    # times, and the ratio of the medians is 1 too: only the quartiles tell
+    med, q1, q3 = paired_ratios([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])
+    assert (med, q1, q3) == (pytest.approx(1.0), pytest.approx(0.5), pytest.approx(2.0))
     assert paired_ratios([4.0], [2.0]) == (2.0, 2.0, 2.0)
     with pytest.raises(ValueError, match='same non-zero length'):
         paired_ratios([1.0, 2.0], [1.0])

@@ -1,10 +1,12 @@
 // Operator schemas of the `mmattn` torch.library namespace, the host-side argument checks, and
 // the Python module entry point of mmattn._C. Kernels register themselves for the CPU and CUDA
 // dispatch keys in cpu/*.cpp and cuda/*.cu; fake (meta) kernels and autograd are registered from
-// Python (mmattn/ops/neighborhood.py, mmattn/ops/ghost_head.py).
+// Python (mmattn/ops/neighborhood.py, mmattn/ops/ghost_head.py, mmattn/ops/grouped_conv.py).
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/capability.h"
+#include "cpu/grouped_conv_kernels.h"
 #include "ops.h"
 
 namespace mmattn {
@@ -150,10 +152,7 @@ TORCH_LIBRARY(mmattn, m) {
 
 namespace mmattn {
 namespace cpu {
-const char* cpu_kernels();       // na2d.cpp
 const char* na2d_cpu_kernels();  // na2d.cpp
-bool gconv_vectorised();         // grouped_conv.cpp
-bool gconv_kernel_covers(int64_t channels, int64_t kernel_size, int64_t group_width);
 }  // namespace cpu
 }  // namespace mmattn
 

@@ -1,4 +1,5 @@
-// CPU entry point of mmattn::grouped_conv2d: ELSA's k x k grouped convolution (attn.0, 4 or 8
+// CPU entry points of mmattn::grouped_conv2d and of its weight gradient
+// (mmattn::grouped_conv2d_weight_grad, below): ELSA's k x k grouped convolution (attn.0, 4 or 8
 // channels per group, stride 1, 'same' zero padding, no dilation) on a channels-last map
 // (grouped_conv_kernels.h). float32 with GW == 4, C % 8 == 0 and k in {3, 5, 7, 9} runs the AVX2
 // row kernel where gconv_vectorised() (the AVX2 build, or AVX-512 run as 256-bit halves); anything
@@ -157,10 +158,14 @@ std::tuple<Tensor, Tensor> grouped_conv2d_weight_grad_cpu(const Tensor& grad_in,
     const float *gp = grad.data_ptr<float>(), *xp = x.data_ptr<float>();
     float* dwpp = dwp.data_ptr<float>();
     float* dbp = with_bias ? db.data_ptr<float>() : nullptr;
+    const int64_t scratch = weight_grad_scratch(g);
     at::parallel_for(0, C / 8, 1, [&](int64_t begin, int64_t end) {
-      AVX2::gconv_weight_grad_blocks(g, gp, xp, dwpp, dbp, begin, end);
+      // the thread's scratch, kept from call to call (no fresh pages to fault in each time)
+      thread_local Tensor xe;
+      if (!xe.defined() || xe.numel() < scratch) xe = at::empty({scratch}, x.options());
+      AVX2::gconv_weight_grad_blocks(g, gp, xp, dwpp, dbp, xe.data_ptr<float>(), begin, end);
     });
-    dw.copy_(dwp.permute({0, 4, 3, 1, 2}).reshape({C, GW, K, K}));
+    dw.view({C / 8, 8, GW, K, K}).copy_(dwp.permute({0, 4, 3, 1, 2}));
     return {dw, db};
   }
 #endif

@@ -1,5 +1,5 @@
-// Interface between the grouped_conv2d CPU entry point (grouped_conv.cpp) and its AVX2 row
-// kernels (isa/grouped_conv_avx2.cpp).
+// Interface between the grouped_conv2d CPU entry points (grouped_conv.cpp: the op and its weight
+// gradient) and their AVX2 kernels (isa/grouped_conv_avx2.cpp).
 //
 // The op: ELSA's k x k grouped convolution (attn.0) on a channels-last map, stride 1, 'same'
 // zero padding, C input and C output channels in groups of GW:
@@ -28,11 +28,17 @@ bool gconv_vectorised();
 // mmattn.ops.grouped_conv2d also routes by (mmattn._C.grouped_conv_kernel_covers).
 bool gconv_kernel_covers(int64_t channels, int64_t kernel_size, int64_t group_width);
 
-// True when the AVX2 row kernel covers (C, K, GW): C % 8 == 0, GW == 4 (ELSA-Swin-T's width; with
+// True when the AVX2 kernels (the row kernel and the weight gradient's) cover (C, K, GW): C % 8 == 0, GW == 4 (ELSA-Swin-T's width; with
 // 8 channels per group mkldnn's kernel is as fast), K in {3, 5, 7, 9}.
 inline bool gconv_vec_supported(const GConvGeometry& g) {
   return g.C % 8 == 0 && g.GW == 4 &&
          (g.K == 3 || g.K == 5 || g.K == 7 || g.K == 9);
+}
+
+// Floats of the weight-gradient kernel's per-thread scratch: one image's 8 input channels as
+// 4 vectors of 8 per pixel, with a zero border of K/2 pixels.
+inline int64_t weight_grad_scratch(const GConvGeometry& g) {
+  return (g.H + g.K - 1) * (g.W + g.K - 1) * 32;
 }
 
 #ifdef MMATTN_HAVE_AVX2
@@ -47,9 +53,10 @@ void gconv_rows(const GConvGeometry& g, const float* x, const float* wp, const f
 //                                     * x[b, i + u - r, j + v - r, 8*cb + 4*(l / 4) + t]
 // (the packed layout of gconv_rows's weights), and db[8*cb + l] = sum_{b, i, j} grad[b, i, j,
 // 8*cb + l] when db is not null. grad, x: (B, H, W, C) contiguous. Each block is one task with a
-// fixed sum order (b, i, j), so the result does not depend on the thread count.
+// fixed sum order (per image over (i, j), then over the images), so the result does not depend
+// on the thread count. xe: the calling thread's scratch of weight_grad_scratch(g) floats.
 void gconv_weight_grad_blocks(const GConvGeometry& g, const float* grad, const float* x,
-                              float* dwp, float* db, int64_t begin, int64_t end);
+                              float* dwp, float* db, float* xe, int64_t begin, int64_t end);
 }  // namespace AVX2
 #endif
 

@@ -1,9 +1,8 @@
-// AVX2 row kernels of mmattn::grouped_conv2d (grouped_conv_kernels.h); built with setup.py's
-// AVX2 flags. Only AVX2 + FMA intrinsics: AVX-512 machines run this build too.
+// AVX2 kernels of mmattn::grouped_conv2d (the row kernel) and of its weight gradient
+// (grouped_conv_kernels.h); built with setup.py's AVX2 flags. Only AVX2 + FMA intrinsics:
+// AVX-512 machines run this build too. No std:: containers or algorithms here: their inline
+// instances, compiled with AVX2, could be merged with other translation units' (vec_common.h).
 #include <immintrin.h>
-
-#include <algorithm>
-#include <vector>
 
 #include "../grouped_conv_kernels.h"
 
@@ -100,18 +99,19 @@ void rows(const GConvGeometry& g, const float* x, const float* wp, const float* 
 }
 
 // The weight gradient (gconv_weight_grad_blocks). xe: the block's 8 input channels of one image
-// as GroupInputs vectors, 4 per pixel ((H + 2r) x (W + 2r) pixels, zero border of r), so that
+// as GroupInputs vectors, 4 per pixel ((H + 2r) x (W + 2r) pixels, a zero border of r), so that
 // every (window row u, window column v, group input t) reads one vector per output pixel.
 // VB window columns v0 .. v0+VB-1 of window row u: VB x 4 accumulators over the image's pixels,
-// each FMA reading its x vector from memory; they start from dst (the previous images' sums) or
-// zero, and go back to dst.
+// each FMA reading its x vector from memory; the image's sums go to dst (first image) or are
+// added to it (the others). The border's zeros are multiplied in like the image's values, so a
+// non-finite gradient at a pixel whose window leaves the map gives NaN in the taps that reach
+// the border (a convolution's zero padding skipped would leave them finite).
 template <int VB>
 inline void weight_grad_block(const float* gb, const float* xe, int64_t H, int64_t W, int64_t C,
                               int64_t Wp, int64_t u, int64_t v0, float* dst, bool accumulate) {
   __m256 acc[VB][4];
   for (int vv = 0; vv < VB; ++vv)
-    for (int t = 0; t < 4; ++t)
-      acc[vv][t] = accumulate ? _mm256_loadu_ps(dst + (vv * 4 + t) * 8) : _mm256_setzero_ps();
+    for (int t = 0; t < 4; ++t) acc[vv][t] = _mm256_setzero_ps();
   for (int64_t i = 0; i < H; ++i) {
     const float* gr = gb + i * W * C;
     const float* xr = xe + ((i + u) * Wp + v0) * 32;
@@ -126,7 +126,11 @@ inline void weight_grad_block(const float* gb, const float* xe, int64_t H, int64
     }
   }
   for (int vv = 0; vv < VB; ++vv)
-    for (int t = 0; t < 4; ++t) _mm256_storeu_ps(dst + (vv * 4 + t) * 8, acc[vv][t]);
+    for (int t = 0; t < 4; ++t) {
+      float* d = dst + (vv * 4 + t) * 8;
+      _mm256_storeu_ps(d, accumulate ? _mm256_add_ps(_mm256_loadu_ps(d), acc[vv][t])
+                                     : acc[vv][t]);
+    }
 }
 
 // Window columns in blocks of 3 (12 accumulators and the gradient vector: 13 of the 16 AVX2
@@ -136,20 +140,35 @@ inline int column_block(int64_t K, int64_t v0) {
   return left == 4 || left == 2 ? 2 : 3;
 }
 
+// Zeroes xe's border of r pixels (the interior is rewritten for every block and image).
+inline void zero_border(float* xe, int64_t H, int64_t W, int64_t R) {
+  const int64_t Wp = W + 2 * R;
+  const __m256 z = _mm256_setzero_ps();
+  auto zero_pixels = [&](int64_t row, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int t = 0; t < 4; ++t) _mm256_storeu_ps(xe + (row * Wp + c) * 32 + t * 8, z);
+  };
+  for (int64_t row = 0; row < H + 2 * R; ++row) {
+    if (row < R || row >= H + R) {
+      zero_pixels(row, 0, Wp);
+    } else {
+      zero_pixels(row, 0, R);
+      zero_pixels(row, W + R, Wp);
+    }
+  }
+}
+
 void weight_grad_blocks(const GConvGeometry& g, const float* grad, const float* x, float* dwp,
-                        float* db, int64_t begin, int64_t end) {
+                        float* db, float* xe, int64_t begin, int64_t end) {
   const int64_t H = g.H, W = g.W, C = g.C, K = g.K, R = K / 2;
-  const int64_t Hp = H + 2 * R, Wp = W + 2 * R, plane = H * W * C;
-  thread_local std::vector<float> xe_buf;  // kept from call to call (no fresh pages each time)
-  if (static_cast<int64_t>(xe_buf.size()) < Hp * Wp * 32) xe_buf.resize(Hp * Wp * 32);
-  float* xe = xe_buf.data();
+  const int64_t Wp = W + 2 * R, plane = H * W * C;
+  zero_border(xe, H, W, R);
   for (int64_t cb = begin; cb < end; ++cb) {
     float* dst_cb = dwp + cb * K * K * 32;
     __m256 dbv = _mm256_setzero_ps();
     for (int64_t b = 0; b < g.B; ++b) {
       const float* xb = x + b * plane + cb * 8;
       const float* gb = grad + b * plane + cb * 8;
-      std::fill(xe, xe + Hp * Wp * 32, 0.f);
       for (int64_t i = 0; i < H; ++i)
         for (int64_t j = 0; j < W; ++j) {
           GroupInputs in;
@@ -177,8 +196,8 @@ void weight_grad_blocks(const GConvGeometry& g, const float* grad, const float* 
 }  // namespace
 
 void gconv_weight_grad_blocks(const GConvGeometry& g, const float* grad, const float* x,
-                              float* dwp, float* db, int64_t begin, int64_t end) {
-  weight_grad_blocks(g, grad, x, dwp, db, begin, end);
+                              float* dwp, float* db, float* xe, int64_t begin, int64_t end) {
+  weight_grad_blocks(g, grad, x, dwp, db, xe, begin, end);
 }
 
 void gconv_rows(const GConvGeometry& g, const float* x, const float* wp, const float* bias,
