@@ -12,6 +12,11 @@ backward counted as twice the forward) give the achieved GFLOP/s, printed beside
 fp32 GEMM rate (a 1024x1024 ``torch.mm``) measured in the same run, interleaved with the cases,
 and their ratio: the fraction of what the machine's matrix unit sustains.
 
+Per round: each round times every implementation and the GEMM once, so the figures of one
+round share the machine's state. Beside the ratios of the medians the script prints the median
+and quartiles of the per-round rooflines (the case's rate in round r over the GEMM rate in round
+r) and speedups (``*_paired`` in the JSON): the quartiles show how far one run can be trusted.
+
 Peak memory: on CUDA, torch's peak allocator statistics. On CPU, the growth of the resident-set
 high-water mark (Linux VmHWM, reset through /proc/self/clear_refs) over one call, measured in a
 child process with a fixed glibc mmap threshold so that freed buffers leave the resident set;
@@ -26,6 +31,7 @@ Examples::
 import argparse
 import json
 import os.path as osp
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -38,7 +44,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmattn.layers.sasa_attention import concat_relative_embedding  # noqa: E402
 from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,  # noqa: E402
                         grouped_conv2d, has_compiled_ops, na2d, na2d_reference)
-from mmattn.utils.benchmark import cpu_memory_env, interleaved_medians, peak_mib  # noqa: E402
+from mmattn.utils.benchmark import (cpu_memory_env, interleaved_times,  # noqa: E402
+                                    paired_ratios, peak_mib)
 
 
 def cpu_kernels() -> str:
@@ -214,7 +221,8 @@ def bench_cases(keys: List[str], device: torch.device, dtype: torch.dtype, warmu
             forward, train = workloads(CASES[key], impl, device, dtype)
             fns[f'{key}/{impl}/forward'] = synced(forward, device)
             fns[f'{key}/{impl}/train'] = synced(train, device)
-    med = interleaved_medians(fns, warmup, repeats)
+    series = interleaved_times(fns, warmup, repeats)
+    med = {name: statistics.median(t) for name, t in series.items()}
     gemm_gflops = 2 * 1024**3 / med['gemm'] / 1e9
     rows = {}
     for key in keys:
@@ -225,7 +233,25 @@ def bench_cases(keys: List[str], device: torch.device, dtype: torch.dtype, warmu
             rows[key, impl] = Row(case.name, impl, fwd_s * 1e3, fwd_mib, train_s * 1e3,
                                   train_mib, case.flops / fwd_s / 1e9,
                                   3 * case.flops / train_s / 1e9)
-    return rows, gemm_gflops
+    return rows, gemm_gflops, series
+
+
+def paired_summary(key: str, series: Dict[str, List[float]], impls: Tuple[str, ...]) -> dict:
+    """Per-round (paired) figures of a case, each (median, lower quartile, upper quartile): the
+    roofline of round r is the case's GFLOP/s in round r over the GEMM rate in round r, and the
+    speedup of round r the reference's time over the compiled op's, so drift between rounds
+    cancels."""
+    flops = CASES[key].flops
+    out = {}
+    for step, mult in (('forward', 1), ('train', 3)):
+        compiled = series[f'{key}/compiled/{step}']
+        scale = mult * flops / (2 * 1024**3)  # roofline = scale * t_gemm / t_case
+        out[f'{step}_roofline_paired'] = [scale * v for v in paired_ratios(series['gemm'],
+                                                                            compiled)]
+        if 'reference' in impls:
+            out[f'{step}_speedup_paired'] = list(
+                paired_ratios(series[f'{key}/reference/{step}'], compiled))
+    return out
 
 
 def main(argv=None) -> None:
@@ -257,7 +283,8 @@ def main(argv=None) -> None:
     print(f'device={device} dtype={args.dtype} threads={torch.get_num_threads()} '
           f'median of {args.repeats} (warm-up {args.warmup}), repeats interleaved')
     impls = ('compiled', ) if args.compiled_only else ('compiled', 'reference')
-    table, gemm_gflops = bench_cases(args.cases, device, dtype, args.warmup, args.repeats, impls)
+    table, gemm_gflops, series = bench_cases(args.cases, device, dtype, args.warmup,
+                                             args.repeats, impls)
     header = (f'{"case":58s} {"impl":9s} {"fwd ms":>9s} {"fwd MiB":>9s} {"f+b ms":>9s} '
               f'{"f+b MiB":>9s} {"fwd GF/s":>9s} {"f+b GF/s":>9s}')
     print(header)
@@ -272,30 +299,42 @@ def main(argv=None) -> None:
                   f'{row.train_ms:9.2f} {row.train_mib:9.1f} {row.forward_gflops:9.1f} '
                   f'{row.train_gflops:9.1f}')
         c = pair['compiled']
+        paired = paired_summary(key, series, impls)
         if args.compiled_only:
             summary.append(dict(case=c.case, forward_roofline=c.forward_gflops / gemm_gflops,
-                                train_roofline=c.train_gflops / gemm_gflops))
+                                train_roofline=c.train_gflops / gemm_gflops, **paired))
             continue
         r = pair['reference']
         summary.append(dict(case=c.case, forward_speedup=r.forward_ms / c.forward_ms,
                             train_speedup=r.train_ms / c.train_ms,
                             train_memory_ratio=c.train_mib / max(r.train_mib, 1e-9),
                             forward_roofline=c.forward_gflops / gemm_gflops,
-                            train_roofline=c.train_gflops / gemm_gflops))
+                            train_roofline=c.train_gflops / gemm_gflops, **paired))
     print()
     print(f'fp32 GEMM rate (1024x1024 torch.mm, same run): {gemm_gflops:.1f} GFLOP/s')
     print('ratios (reference / compiled for time, compiled / reference for memory; roofline: '
           'compiled GFLOP/s / GEMM rate):')
+    def band(values, percent=False):
+        m, lo, hi = (100 * v for v in values) if percent else values
+        return f'{m:.1f}% [{lo:.1f}-{hi:.1f}]' if percent else f'{m:.2f}x [{lo:.2f}-{hi:.2f}]'
+
     for s in summary:
         if args.compiled_only:
             print(f'  {s["case"]}: roofline forward {100 * s["forward_roofline"]:.1f}%, '
                   f'forward+backward {100 * s["train_roofline"]:.1f}%')
-            continue
-        print(f'  {s["case"]}: forward {s["forward_speedup"]:.2f}x faster, '
-              f'forward+backward {s["train_speedup"]:.2f}x faster, '
-              f'forward+backward peak memory {s["train_memory_ratio"]:.3f} of the reference; '
-              f'roofline forward {100 * s["forward_roofline"]:.1f}%, '
-              f'forward+backward {100 * s["train_roofline"]:.1f}%')
+        else:
+            print(f'  {s["case"]}: forward {s["forward_speedup"]:.2f}x faster, '
+                  f'forward+backward {s["train_speedup"]:.2f}x faster, '
+                  f'forward+backward peak memory {s["train_memory_ratio"]:.3f} of the '
+                  f'reference; roofline forward {100 * s["forward_roofline"]:.1f}%, '
+                  f'forward+backward {100 * s["train_roofline"]:.1f}%')
+        line = (f'    per round, median [quartiles]: roofline forward '
+                f'{band(s["forward_roofline_paired"], True)}, forward+backward '
+                f'{band(s["train_roofline_paired"], True)}')
+        if not args.compiled_only:
+            line += (f'; speedup forward {band(s["forward_speedup_paired"])}, '
+                     f'forward+backward {band(s["train_speedup_paired"])}')
+        print(line)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(device), dtype=args.dtype, threads=torch.get_num_threads(),
