@@ -5,6 +5,7 @@ fixture (a folder with tiny toy data in which the configs' relative paths resolv
 ``conftest.py``.
 """
 import glob
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -21,6 +22,15 @@ TOY = osp.join(ROOT, 'configs', 'toy')
 # segmentors end with the crop size, everything else is a classifier
 _DETECTOR = re.compile(r'^(mask-rcnn|cascade-mask-rcnn|retinanet)_')
 _SEGMENTOR = re.compile(r'-\d+x\d+\.py$')
+
+
+def load_tool(name: str, folder: str = 'analysis_tools'):
+    """The module of ``tools/<folder>/<name>.py`` (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(ROOT, 'tools', folder, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def scope_of(path: str) -> str:

@@ -1,26 +1,16 @@
 """tools/analysis_tools/benchmark_backbones.py on the toy configs (tiny shapes, one repeat)."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TOY = osp.join(ROOT, 'configs', 'toy')
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_backbones', osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_backbones.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _toy import TOY, load_tool
 
 
 def test_rows_ratios_and_json(tmp_path, capsys):
     pytest.importorskip('mmdet')
     from mmattn.backbones import ELSASwin
-    tool = _load_tool()
+    tool = load_tool('benchmark_backbones')
     configs = [osp.join(TOY, 'mask-rcnn_r18_fpn_toy-shapes.py'),
                osp.join(TOY, 'mask-rcnn_elsa-swin-toy_fpn_toy-shapes.py')]
     out = tmp_path / 'bench.json'
@@ -69,6 +59,6 @@ def test_paired_ratios_median_and_quartiles():
 
 
 def test_bad_shape_is_refused():
-    tool = _load_tool()
+    tool = load_tool('benchmark_backbones')
     with pytest.raises(SystemExit):
         tool.main(['x.py', '--shape', '1', '2', '3'])

@@ -1,27 +1,17 @@
 """tools/analysis_tools/benchmark_ops.py: rows, ratios and per-round (paired) figures on the
 grouped-convolution case (small and quick; the memory probes run in child processes)."""
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
 
+from _toy import load_tool
 from mmattn.ops import has_compiled_ops
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 pytestmark = pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not built')
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_ops', osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_ops.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ratios_and_paired_figures(tmp_path, capsys):
-    tool = _load_tool()
+    tool = load_tool('benchmark_ops')
     out = tmp_path / 'ops.json'
     tool.main(['--cases', 'gconv', '--repeats', '3', '--warmup', '1', '--json', str(out)])
     result = json.loads(out.read_text())
@@ -45,7 +35,7 @@ def test_ratios_and_paired_figures(tmp_path, capsys):
 
 
 def test_compiled_only_has_rooflines_and_no_speedups(tmp_path):
-    tool = _load_tool()
+    tool = load_tool('benchmark_ops')
     out = tmp_path / 'ops.json'
     tool.main(['--cases', 'gconv', '--compiled-only', '--repeats', '2', '--warmup', '0',
                '--json', str(out)])
@@ -56,7 +46,7 @@ def test_compiled_only_has_rooflines_and_no_speedups(tmp_path):
 
 def test_paired_summary_is_the_per_round_roofline():
     """Round r's roofline is flops / t_case(r) over the GEMM rate 2 * 1024^3 / t_gemm(r)."""
-    tool = _load_tool()
+    tool = load_tool('benchmark_ops')
     flops = tool.CASES['gconv'].flops
     gemm = [0.010, 0.020, 0.010]
     fwd = [0.001, 0.004, 0.002]

@@ -77,6 +77,11 @@ class Row:
     train_paired: List[float] = field(default_factory=list)
 
 
+def short_name(config: str, width: int = 60) -> str:
+    """``config`` cut to its last ``width`` characters (with a leading '...') for the tables."""
+    return config if len(config) <= width else '...' + config[-(width - 3):]
+
+
 def build_backbone(config: str) -> torch.nn.Module:
     """``model.backbone`` of ``config`` through its codebase's registry, without pretrained
     weights (``init_cfg`` and the model's ``pretrained`` are dropped)."""
@@ -369,7 +374,7 @@ def main(argv=None) -> dict:
                      train_time=r.train_ms / base.train_ms,
                      train_memory=r.train_mib / max(base.train_mib, 1e-9))
         ratios.append(ratio)
-        name = r.config if len(r.config) <= 60 else '...' + r.config[-57:]
+        name = short_name(r.config)
         print(f'{name:60s} {r.params_m:9.2f} {r.gmac:7.2f} {r.infer_ms:9.1f} {r.infer_mib:7.0f} '
               f'{r.train_ms:9.1f} {r.train_mib:7.0f}  {ratio["infer_time"]:.2f}x / '
               f'{ratio["train_time"]:.2f}x, {ratio["train_memory"]:.2f}x')
@@ -377,7 +382,7 @@ def main(argv=None) -> dict:
         print('per-round (paired) time ratios to the first config, median [quartiles]; a round '
               'runs every config once, so machine drift hits both sides of each ratio:')
         for r in rows[1:]:
-            name = r.config if len(r.config) <= 60 else '...' + r.config[-57:]
+            name = short_name(r.config)
             (im, il, ih), (tm, tl, th) = r.infer_paired, r.train_paired
             print(f'  {name:60s} infer {im:.2f}x [{il:.2f}-{ih:.2f}], train {tm:.2f}x '
                   f'[{tl:.2f}-{th:.2f}]')
