@@ -11,6 +11,20 @@
 
 namespace mmattn {
 
+namespace {
+
+// What both grouped_conv2d entry points (`op`) ask of x and of the other tensor `other`
+// (weight, or the output gradient), after their shape checks.
+void check_grouped_conv_dtypes(const char* op, const Tensor& x, const Tensor& other,
+                               const char* other_name) {
+  TORCH_CHECK(other.scalar_type() == x.scalar_type() && other.device() == x.device(), op,
+              ": x and ", other_name, " must share dtype and device");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": float32 or float64 only, got ", x.scalar_type());
+}
+
+}  // namespace
+
 void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
   TORCH_CHECK(x.dim() == 4, "grouped_conv2d: x must be (B, C, H, W), got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == x.size(1) && weight.size(1) >= 1 &&
@@ -18,10 +32,7 @@ void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& 
                   weight.size(2) % 2 == 1,
               "grouped_conv2d: weight must be (C, C/groups, k, k) with k odd, got ",
               weight.sizes(), " for x ", x.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(),
-              "grouped_conv2d: x and weight must share dtype and device");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "grouped_conv2d: float32 or float64 only, got ", x.scalar_type());
+  check_grouped_conv_dtypes("grouped_conv2d", x, weight, "weight");
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1) &&
                     bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
@@ -35,10 +46,7 @@ void check_grouped_conv_weight_grad(const Tensor& grad, const Tensor& x, int64_t
               x.sizes());
   TORCH_CHECK(grad.sizes() == x.sizes(), "grouped_conv2d_weight_grad: grad must have the shape ",
               "of x ", x.sizes(), ", got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.device() == x.device(),
-              "grouped_conv2d_weight_grad: grad and x must share dtype and device");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "grouped_conv2d_weight_grad: float32 or float64 only, got ", x.scalar_type());
+  check_grouped_conv_dtypes("grouped_conv2d_weight_grad", x, grad, "grad");
   TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1,
               "grouped_conv2d_weight_grad: kernel_size must be odd and >= 1, got ", kernel_size);
   TORCH_CHECK(group_width >= 1 && x.size(1) % group_width == 0,

@@ -16,12 +16,15 @@
 #include <tuple>
 
 #include "../ops.h"
-#include "grouped_conv_kernels.h"
 #include "capability.h"
+#include "cpu_utils.h"
+#include "grouped_conv_kernels.h"
 
 namespace mmattn {
 namespace cpu {
 namespace {
+
+struct WeightGradScratch;  // thread_scratch's tag of the weight gradient's per-thread scratch
 
 // The reference loop of the row kernel: the same (u, input column, t) order per output.
 template <typename T>
@@ -160,9 +163,8 @@ std::tuple<Tensor, Tensor> grouped_conv2d_weight_grad_cpu(const Tensor& grad_in,
     float* dbp = with_bias ? db.data_ptr<float>() : nullptr;
     const int64_t scratch = weight_grad_scratch(g);
     at::parallel_for(0, C / 8, 1, [&](int64_t begin, int64_t end) {
-      // the thread's scratch, kept from call to call (no fresh pages to fault in each time)
-      thread_local Tensor xe;
-      if (!xe.defined() || xe.numel() < scratch) xe = at::empty({scratch}, x.options());
+      // the worker thread's scratch, kept from call to call
+      Tensor xe = thread_scratch<WeightGradScratch, 1>(0, scratch, x.options());
       AVX2::gconv_weight_grad_blocks(g, gp, xp, dwpp, dbp, xe.data_ptr<float>(), begin, end);
     });
     dw.view({C / 8, 8, GW, K, K}).copy_(dwp.permute({0, 4, 3, 1, 2}));

@@ -136,22 +136,17 @@ void copy_to_strip(const Tensor& x, Tensor& s, const StripGeometry& g) {
 }
 
 // The memory of an entry point's strips and other temporaries, reused from call to call by the
-// calling thread: a fresh buffer of this size is a fresh mmap whose pages the kernel faults in
-// and zeroes on every call, which took about as long as the D=32 kernel itself (README). `slot`
-// (0..kScratchSlots-1) is the buffer's place in its entry point; a buffer never outlives the call
-// (what is returned is a copy, a reduction or a new tensor), and every use rewrites the part it
-// reads (strip copies write their padding too; accumulators are zeroed). Each thread keeps the
-// largest buffer it has used per slot and dtype until it exits.
+// calling thread (thread_scratch). `slot` (0..kScratchSlots-1) is the buffer's place in its entry
+// point; a buffer never outlives the call (what is returned is a copy, a reduction or a new
+// tensor), and every use rewrites the part it reads (strip copies write their padding too;
+// accumulators are zeroed).
 constexpr int kScratchSlots = 6;
+struct StripScratch;
 
 Tensor strip_buffer(int slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  TORCH_INTERNAL_ASSERT(slot >= 0 && slot < kScratchSlots);
-  thread_local Tensor cache[kScratchSlots][2];  // [slot][float, double]
-  Tensor& t = cache[slot][opts.dtype() == at::kDouble ? 1 : 0];
   int64_t n = 1;
   for (const int64_t s : sizes) n *= s;
-  if (!t.defined() || t.numel() < n) t = at::empty({n}, opts);
-  return t.narrow(0, 0, n).view(sizes);
+  return thread_scratch<StripScratch, kScratchSlots>(slot, n, opts).narrow(0, 0, n).view(sizes);
 }
 
 // The zeroed per-row d_rpb partials (B, heads, H, R, R) of the backward kernels, in scratch
