@@ -673,3 +673,23 @@ def test_fused_path_with_minus_inf_bias_slots():
     ref = na2d_reference(q, k, v, 3, bias=bias)
     assert torch.isfinite(fused).all()
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('border', ['mask', 'clamp'])
+def test_fused_path_propagates_nan(dtype, border):
+    """A NaN in one key pixel makes every query whose window holds it NaN, and no other query:
+    in an interior query vector (whose softmax skips the masking blend) and at the border, as
+    torch's softmax in the reference does."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 12, 40, 8, dtype=dtype) for _ in range(3))
+    for i, j in ((6, 20), (0, 1)):  # interior, and the map's corner
+        kn = k.clone()
+        kn[0, 1, i, j, 3] = float('nan')
+        with torch.no_grad():
+            fused = na2d(q, kn, v, 5, border=border)
+        ref = na2d_reference(q, kn, v, 5, border=border)
+        assert torch.isnan(ref).any()
+        assert torch.equal(torch.isnan(fused), torch.isnan(ref))
+        finite = ~torch.isnan(ref)
+        torch.testing.assert_close(fused[finite], ref[finite], **FP32_TOL)

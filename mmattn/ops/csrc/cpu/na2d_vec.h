@@ -28,6 +28,19 @@ namespace CPU_CAPABILITY {
 namespace {
 constexpr int kBlock = 8;
 
+// N vectors on the stack that are not zeroed first: Vectorized's default constructor zeroes its
+// value, which for the accumulator arrays that the per-vector functions hand to their register
+// blocks was a `rep stos` of up to 512 bytes per call (perf: 4% of strip_logits2 at D=8). The
+// blocks write every element before anything reads it.
+template <typename T, int N>
+struct RawVectors {
+  union {
+    Vectorized<T> v[N];
+  };
+  RawVectors() {}
+  operator Vectorized<T>*() { return v; }
+};
+
 template <typename T>
 struct Tap {
   const T* w;  // L weights (one per query lane)
@@ -223,7 +236,7 @@ inline void gather_pair(const Tap<T>* taps0, int64_t n0, const Tap2<T>* taps2, i
 // AVX-512 and AVX2 float: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 in
 // [-ln2/2, ln2/2], exp(r) by the degree-5 polynomial of ATen's exp_u20, and 2^n by vscalefps
 // (AVX-512) or built in the exponent field (AVX2; n >= -126 after the clamp, so it stays normal):
-// 11 and 14 instructions instead of exp_u20's 18 and 19, since x <= 0 needs no overflow branch.
+// 11 and 12 instructions instead of exp_u20's 18 and 19, since x <= 0 needs no overflow branch.
 // x is clamped at -87 (exp > the smallest normal float, so no denormals reach the aggregation);
 // NaN propagates (max(c, NaN) is NaN).
 template <typename T>
@@ -236,7 +249,14 @@ inline Vectorized<T> vexp(const Vectorized<T>& x) {
 #else
     const V v = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
 #endif
+#if defined(CPU_CAPABILITY_AVX512)
     const V n = (v * V(1.44269504f)).round();
+#else
+    // n by the magic-number rounding: t = v log2 e + 1.5 * 2^23 + 127 rounds to an integer (its
+    // ulp is 1), whose low mantissa bits hold n + 127, the exponent field of 2^n below
+    const V t = at::vec::fmadd(v, V(1.44269504f), V(12583039.0f));
+    const V n = t - V(12583039.0f);
+#endif
     V r = at::vec::fmadd(n, V(-0.693359375f), v);  // ln 2 = hi + lo (Cody-Waite)
     r = at::vec::fmadd(n, V(2.12194440e-4f), r);
     V y = at::vec::fmadd(r, V(0.00828929059f), V(0.0418978221f));
@@ -247,9 +267,9 @@ inline Vectorized<T> vexp(const Vectorized<T>& x) {
 #if defined(CPU_CAPABILITY_AVX512)
     return _mm512_scalef_ps(y, n);
 #else
-    const __m256i e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return y * V(_mm256_castsi256_ps(e));
+    // t's bits are those of 1.5 * 2^23 plus n + 127 in 1..127: shifted 23 places, n + 127 is
+    // the exponent field and the rest leaves the word
+    return y * V(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 #endif
   }
 #endif
@@ -589,7 +609,7 @@ const T* separable_rpe_terms(const StripGeometry& g, const Na2dBuffers<T>& p, in
   if (!p.rpe_a) return nullptr;
   const int64_t k = g.k, D = g.D;
   const V vscale(p.scale);
-  V acc[kBlock];
+  RawVectors<T, kBlock> acc;
   for (int t = 0; t < 2; ++t) {
     const int64_t lo = p.rpe_range[(h * 2 + t) * 2], hi = p.rpe_range[(h * 2 + t) * 2 + 1];
     const T* tab = (t == 0 ? p.rpe_a : p.rpe_b) + h * k * D + lo;
@@ -621,7 +641,7 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
   const T* q = strip_col(p.q_s, ri.row, j0);
   const T* terms = separable_rpe_terms<T>(g, p, ri.h, q, scratch);
   const V vinvalid(p.invalid);
-  V acc[kBlock];
+  RawVectors<T, kBlock> acc;
   for (int64_t a = 0; a < k; ++a) {
     const int64_t ki = tap_coord(ri.wi, a, g.d);
     if (ki < 0) {
@@ -690,7 +710,7 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
   const T* terms0 = separable_rpe_terms<T>(g, p, ri0.h, q0, scratch);
   const T* terms1 = separable_rpe_terms<T>(g, p, ri1.h, q1, scratch + 2 * k * L);
   const V vinvalid(p.invalid);
-  V acc0[kBlock], acc1[kBlock];
+  RawVectors<T, kBlock> acc0, acc1;
   for (int64_t a = 0; a <= k; ++a) {  // key row a of row 0 = key row a - 1 of row 1
     const bool in0 = a < k, in1 = a > 0;
     const int64_t ki = in0 ? tap_coord(ri0.wi, a, g.d) : tap_coord(ri1.wi, a - 1, g.d);
@@ -731,6 +751,44 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
   }
 }
 
+// max(a, b) where neither is NaN; with a NaN, either a or b (the softmax's maximum: a NaN logit
+// makes its own exp NaN, and with it the query's sum and output, whatever the maximum).
+// at::vec::maximum propagates NaN with two more instructions per call.
+template <typename T>
+inline Vectorized<T> max_ignoring_nan(const Vectorized<T>& a, const Vectorized<T>& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) return _mm512_max_ps(a, b);
+  else return _mm512_max_pd(a, b);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) return _mm256_max_ps(a, b);
+  else return _mm256_max_pd(a, b);
+#else
+  return at::vec::maximum(a, b);
+#endif
+}
+
+// f(t, t % N) for t = 0..n-1 in order, with t % N a constant of the unrolled body, so that the
+// N accumulators f indexes by it stay in registers.
+template <int N, typename F>
+inline void for_chains(int64_t n, F&& f) {
+  int64_t t = 0;
+  for (; t + N <= n; t += N)
+    for (int u = 0; u < N; ++u) f(t + u, u);
+  for (int u = 0; u < N - 1; ++u)  // a constant trip count: unrolled, u stays a constant
+    if (t + u < n) f(t + u, u);
+}
+
+// Whether a slot of the L queries j0.. of row ri can hold -inf before the softmax: a window row
+// or column outside the map ('mask'), or an additive bias (which may mask slots with -inf).
+template <typename T>
+inline bool softmax_masked(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
+                           int64_t j0) {
+  if (p.bias || masked_vector(g, j0, Vectorized<T>::size())) return true;
+  for (int64_t a = 0; a < g.k; ++a)
+    if (tap_coord(ri.wi, a, g.d) < 0) return true;
+  return false;
+}
+
 // The softmax of the fused kernel on the logits lg of the L queries j0.. of row ri (bias added
 // first): lg becomes exp(logit - max), 0 on invalid slots; returns 1 / sum.
 template <typename T>
@@ -741,6 +799,7 @@ Vectorized<T> softmax_vector(const StripGeometry& g, const Na2dBuffers<T>& p, co
   const int64_t kk = g.kk();
   const int64_t nv = std::min<int64_t>(L, g.W - j0);
   const T ninf = -std::numeric_limits<T>::infinity();
+  const bool masked = softmax_masked<T>(g, p, ri, j0);
   if (p.bias) {
     const T* bias = p.bias + (ri.row * g.W + j0) * kk;
     for (int64_t l = 0; l < nv; ++l)
@@ -748,18 +807,29 @@ Vectorized<T> softmax_vector(const StripGeometry& g, const Na2dBuffers<T>& p, co
   }
   // Four independent running maxima and sums (slot t goes to t % 4): a single chain of k*k
   // dependent adds would bound the kernel by the add latency when D is small.
+  // The chains are indexed by constants (for_chains): indexed by t % 4, gcc keeps the four
+  // vectors on the stack, one store and one reload per slot (perf).
   constexpr int kChains = 4;
   V m[kChains], sum[kChains];
   for (int u = 0; u < kChains; ++u) m[u] = V(ninf), sum[u] = V(T(0));
-  for (int64_t t = 0; t < kk; ++t)
-    m[t % kChains] = at::vec::maximum(m[t % kChains], V::loadu(lg + t * L));
-  const V mx = at::vec::maximum(at::vec::maximum(m[0], m[1]), at::vec::maximum(m[2], m[3]));
-  for (int64_t t = 0; t < kk; ++t) {
-    const V x = V::loadu(lg + t * L);
-    // exp(-inf - m) is 0 for a masked slot; the blend keeps it exactly 0.
-    const V e = V::blendv(V(T(0)), vexp<T>(x - mx), x != V(ninf));
-    e.store(lg + t * L);
-    sum[t % kChains] = sum[t % kChains] + e;
+  for_chains<kChains>(kk, [&](int64_t t, int u) {
+    m[u] = max_ignoring_nan(m[u], V::loadu(lg + t * L));
+  });
+  const V mx = max_ignoring_nan(max_ignoring_nan(m[0], m[1]), max_ignoring_nan(m[2], m[3]));
+  if (masked) {
+    for_chains<kChains>(kk, [&](int64_t t, int u) {
+      const V x = V::loadu(lg + t * L);
+      // exp(-inf - m) is 0 for a masked slot; the blend keeps it exactly 0.
+      const V e = V::blendv(V(T(0)), vexp<T>(x - mx), x != V(ninf));
+      e.store(lg + t * L);
+      sum[u] = sum[u] + e;
+    });
+  } else {
+    for_chains<kChains>(kk, [&](int64_t t, int u) {
+      const V e = vexp<T>(V::loadu(lg + t * L) - mx);
+      e.store(lg + t * L);
+      sum[u] = sum[u] + e;
+    });
   }
   return V(T(1)) / ((sum[0] + sum[1]) + (sum[2] + sum[3]));
 }
@@ -1061,9 +1131,13 @@ void softmax_grad_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, 
   auto finish = [&](int64_t row, int64_t j0, const T* lg) {  // lg: dP of the vector at j0
     const T* pr = p.w_s + row * kk * g.Wp + g.P + j0;
     T* out = p.out + row * kk * g.Wp + g.P + j0;
-    V s(T(0));
-    for (int64_t t = 0; t < kk; ++t)
-      s = at::vec::fmadd(V::loadu(pr + t * g.Wp), V::loadu(lg + t * L), s);
+    // four independent chains (slot t to t % 4), as in softmax_vector: one chain of k*k FMAs
+    // would be bound by their latency
+    V c[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
+    for_chains<4>(kk, [&](int64_t t, int u) {
+      c[u] = at::vec::fmadd(V::loadu(pr + t * g.Wp), V::loadu(lg + t * L), c[u]);
+    });
+    const V s = (c[0] + c[1]) + (c[2] + c[3]);
     for (int64_t t = 0; t < kk; ++t)
       ((V::loadu(lg + t * L) - s) * V::loadu(pr + t * g.Wp)).store(out + t * g.Wp);
   };
