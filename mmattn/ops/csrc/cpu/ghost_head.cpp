@@ -97,11 +97,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
   const Tensor m = ghost_or(mul, v, g.kk(), 1.0), a = ghost_or(add, v, g.kk(), 0.0);
   // d_x runs the forward's aggregation with the taps mirrored (ghost_vec.h)
   const Tensor m_mirror = m.flip({1}).contiguous(), a_mirror = a.flip({1}).contiguous();
-  Tensor dmul, dadd, part_mul, part_add;  // (B, C, k, k) per-batch partials, summed over b below
-  if (with_mul || with_add) {
-    part_mul = at::empty({g.B, g.C, g.k, g.k}, v.options());
-    part_add = at::empty_like(part_mul);
-  }
+  // (B, C, k, k) per-batch partials of the asked-for gradients, summed over b below
+  Tensor dmul, dadd, part_mul, part_add;
+  if (with_mul) part_mul = at::empty({g.B, g.C, g.k, g.k}, v.options());
+  if (with_add) part_add = at::empty({g.B, g.C, g.k, g.k}, v.options());
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_backward_cpu", [&] {
     const GhostKernels<scalar_t> kn = ghost_kernels<scalar_t>();
     GhostBuffers<scalar_t> p;
@@ -113,7 +112,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
     p.mul = m.data_ptr<scalar_t>(), p.add = a.data_ptr<scalar_t>();
     run<scalar_t>(kn.backward_attn, g.B * g.G * g.bands(), g, p);
     if (with_mul || with_add) {
-      p.part_mul = part_mul.data_ptr<scalar_t>(), p.part_add = part_add.data_ptr<scalar_t>();
+      p.part_mul = with_mul ? part_mul.data_ptr<scalar_t>() : nullptr;
+      p.part_add = with_add ? part_add.data_ptr<scalar_t>() : nullptr;
       run<scalar_t>(kn.backward_ghost, g.B * g.G * g.ghost_blocks(), g, p);
     }
   });

@@ -33,8 +33,8 @@ struct GhostBuffers {
   const T* add = nullptr;
   T* out = nullptr;         // forward out, or d_x
   T* dattn = nullptr;
-  // (B, C, k*k) per-batch partial sums of d_M and d_S (summed over b by the entry point), or
-  // nullptr when the ghost tensors need no gradient
+  // (B, C, k*k) per-batch partial sums of d_M and d_S (summed over b by the entry point), each
+  // nullptr when that ghost tensor needs no gradient
   T* part_mul = nullptr;
   T* part_add = nullptr;
 };

@@ -342,32 +342,41 @@ constexpr int kGhostTaps = 2;
 // The lane-wise partial sums of the ghost-tensor gradients of CB channels and NT taps at one
 // vector (`lanes` of it when kTail):
 //   sa[c][n] += d_out[c] * xpad[c] (shifted to tap n),  sm[c][n] += that * attn[n]
-// Each attention vector feeds the CB channels.
-template <typename T, int CB, int NT, bool kTail>
+// Each attention vector feeds the CB channels. kMul / kAdd: whether sm / sa are asked for (a
+// ghost tensor the caller does not have gets no gradient; ELSA-Swin has S only, so its pass
+// skips the attention loads and sm, and sums sa with one FMA per tap: its bits differ from
+// those of the pass that computes both, each reproducible).
+template <typename T, int CB, int NT, bool kTail, bool kMul, bool kAdd>
 inline void ghost_grad_vector(const T* grad, int64_t HW, const T* xr, int64_t plane, int64_t d,
                               const T* attn, const Lanes<T>& lanes, Vectorized<T> (&sm)[CB][NT],
                               Vectorized<T> (&sa)[CB][NT]) {
   using V = Vectorized<T>;
   V a[NT];
-  for (int n = 0; n < NT; ++n)
-    a[n] = in_register(kTail ? lanes.load(attn + n * HW) : V::loadu(attn + n * HW));
+  if constexpr (kMul)
+    for (int n = 0; n < NT; ++n)
+      a[n] = in_register(kTail ? lanes.load(attn + n * HW) : V::loadu(attn + n * HW));
   for (int c = 0; c < CB; ++c) {
     const V gv = in_register(kTail ? lanes.load(grad + c * HW) : V::loadu(grad + c * HW));
     for (int n = 0; n < NT; ++n) {
       // the tail's unused lanes read past the row: masked, so that an infinite pixel there
       // cannot turn the lane sums into NaN (0 * inf)
       const T* x = xr + c * plane + n * d;
-      const V prod = gv * (kTail ? lanes.load(x) : V::loadu(x));
-      sa[c][n] = sa[c][n] + prod;
-      sm[c][n] = at::vec::fmadd(prod, a[n], sm[c][n]);
+      const V xv = kTail ? lanes.load(x) : V::loadu(x);
+      if constexpr (kMul) {
+        const V prod = gv * xv;
+        if constexpr (kAdd) sa[c][n] = sa[c][n] + prod;
+        sm[c][n] = at::vec::fmadd(prod, a[n], sm[c][n]);
+      } else {
+        sa[c][n] = at::vec::fmadd(gv, xv, sa[c][n]);  // S alone: one FMA, no product kept
+      }
     }
   }
 }
 
 // Rows [i0, i1) of the sums of CB channels (padded planes xpad) and NT taps from s0 = u*k + v0
 // (grad, attn: channel 0's plane and tap s0's plane), added to the lane-wise partial sums
-// acc_m, acc_a ([NT][CB] vectors).
-template <typename T, int CB, int NT>
+// acc_m, acc_a ([NT][CB] vectors; only those of kMul / kAdd are read and written).
+template <typename T, int CB, int NT, bool kMul, bool kAdd>
 void ghost_grad_rows(const GhostGeometry& g, const PadPlanes& pp, const T* grad, const T* xpad,
                      const T* attn, int64_t u, int64_t v0, int64_t i0, int64_t i1, T* acc_m,
                      T* acc_a) {
@@ -379,31 +388,32 @@ void ghost_grad_rows(const GhostGeometry& g, const PadPlanes& pp, const T* grad,
   V sm[CB][NT], sa[CB][NT];
   for (int c = 0; c < CB; ++c)
     for (int n = 0; n < NT; ++n) {
-      sm[c][n] = V::loadu(acc_m + (n * CB + c) * L);
-      sa[c][n] = V::loadu(acc_a + (n * CB + c) * L);
+      if constexpr (kMul) sm[c][n] = V::loadu(acc_m + (n * CB + c) * L);
+      if constexpr (kAdd) sa[c][n] = V::loadu(acc_a + (n * CB + c) * L);
     }
   // the full vectors of the rows, then the rows' tails (two loops keep the block in registers)
   for (int64_t i = i0; i < i1; ++i)
     for (int64_t j0 = 0; j0 < full; j0 += L)
-      ghost_grad_vector<T, CB, NT, false>(grad + i * g.W + j0, HW,
-                                          xpad + (i + u * g.d) * pp.Wp + v0 * g.d + j0,
-                                          pp.plane, g.d, attn + i * g.W + j0, lanes, sm, sa);
+      ghost_grad_vector<T, CB, NT, false, kMul, kAdd>(
+          grad + i * g.W + j0, HW, xpad + (i + u * g.d) * pp.Wp + v0 * g.d + j0, pp.plane, g.d,
+          attn + i * g.W + j0, lanes, sm, sa);
   if (full < g.W)
     for (int64_t i = i0; i < i1; ++i)
-      ghost_grad_vector<T, CB, NT, true>(grad + i * g.W + full, HW,
-                                         xpad + (i + u * g.d) * pp.Wp + v0 * g.d + full,
-                                         pp.plane, g.d, attn + i * g.W + full, lanes, sm, sa);
+      ghost_grad_vector<T, CB, NT, true, kMul, kAdd>(
+          grad + i * g.W + full, HW, xpad + (i + u * g.d) * pp.Wp + v0 * g.d + full, pp.plane,
+          g.d, attn + i * g.W + full, lanes, sm, sa);
   for (int c = 0; c < CB; ++c)
     for (int n = 0; n < NT; ++n) {
-      sm[c][n].store(acc_m + (n * CB + c) * L);
-      sa[c][n].store(acc_a + (n * CB + c) * L);
+      if constexpr (kMul) sm[c][n].store(acc_m + (n * CB + c) * L);
+      if constexpr (kAdd) sa[c][n].store(acc_a + (n * CB + c) * L);
     }
 }
 
-// part_M, part_S of CB channels: bands of kBandRows rows, all taps per band (the band's rows of
-// x, d_out and the attention stay in the L1/L2 caches), the lane-wise sums in acc ([2][k*k][CB]
-// vectors) summed over the lanes at the end; out: part + (b*C + c) * k*k of channel 0.
-template <typename T, int CB>
+// part_M, part_S of CB channels (those of kMul / kAdd): bands of kBandRows rows, all taps per
+// band (the band's rows of x, d_out and the attention stay in the L1/L2 caches), the lane-wise
+// sums in acc ([2][k*k][CB] vectors) summed over the lanes at the end; out: part + (b*C + c) *
+// k*k of channel 0.
+template <typename T, int CB, bool kMul, bool kAdd>
 void ghost_grad_channels(const GhostGeometry& g, const PadPlanes& pp, const T* grad,
                          const T* xpad, const T* attn, T* acc, T* part_mul, T* part_add) {
   constexpr int64_t L = Vectorized<T>::size();
@@ -417,25 +427,28 @@ void ghost_grad_channels(const GhostGeometry& g, const PadPlanes& pp, const T* g
       for (int64_t v0 = 0; v0 < g.k; v0 += kGhostTaps) {
         const int64_t s0 = u * g.k + v0, at = s0 * CB * L;
         if (v0 + kGhostTaps <= g.k)
-          ghost_grad_rows<T, CB, kGhostTaps>(g, pp, grad, xpad, attn + s0 * HW, u, v0, i0, i1,
-                                             acc_m + at, acc_a + at);
+          ghost_grad_rows<T, CB, kGhostTaps, kMul, kAdd>(g, pp, grad, xpad, attn + s0 * HW, u,
+                                                         v0, i0, i1, acc_m + at, acc_a + at);
         else
-          ghost_grad_rows<T, CB, 1>(g, pp, grad, xpad, attn + s0 * HW, u, v0, i0, i1,
-                                    acc_m + at, acc_a + at);
+          ghost_grad_rows<T, CB, 1, kMul, kAdd>(g, pp, grad, xpad, attn + s0 * HW, u, v0, i0,
+                                                i1, acc_m + at, acc_a + at);
       }
   }
   for (int c = 0; c < CB; ++c)
     for (int64_t s = 0; s < kk; ++s) {
-      part_mul[c * kk + s] = lane_sum<T>(Vectorized<T>::loadu(acc_m + (s * CB + c) * L));
-      part_add[c * kk + s] = lane_sum<T>(Vectorized<T>::loadu(acc_a + (s * CB + c) * L));
+      if constexpr (kMul)
+        part_mul[c * kk + s] = lane_sum<T>(Vectorized<T>::loadu(acc_m + (s * CB + c) * L));
+      if constexpr (kAdd)
+        part_add[c * kk + s] = lane_sum<T>(Vectorized<T>::loadu(acc_a + (s * CB + c) * L));
     }
 }
 
 // Items: blocks of kGhostItemChannels channels of one (batch, group), run kGhostChannels at a
-// time; each pads its channels' whole planes of x once.
-template <typename T>
-void backward_ghost_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
-                         int64_t r1) {
+// time; each pads its channels' whole planes of x once. Partials of the ghost tensors whose
+// pointer is set (p.part_mul, p.part_add) only.
+template <typename T, bool kMul, bool kAdd>
+void backward_ghost_items(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
+                          int64_t r1) {
   static_assert(kGhostItemChannels % kGhostChannels == 0, "whole register blocks per item");
   const PadPlanes pp(g, g.H);
   Scratch<T> xpad(pp.floats<T>(kGhostItemChannels));
@@ -453,17 +466,26 @@ void backward_ghost_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64
       const int64_t bc = b * g.C + c0 + c;
       const T* grad = p.grad + bc * HW;
       const T* xp = xpad.data() + c * pp.plane;
+      T* pm = kMul ? p.part_mul + bc * kk : nullptr;
+      T* pa = kAdd ? p.part_add + bc * kk : nullptr;
       if (c + kGhostChannels <= cn) {
-        ghost_grad_channels<T, kGhostChannels>(g, pp, grad, xp, attn, acc.data(),
-                                               p.part_mul + bc * kk, p.part_add + bc * kk);
+        ghost_grad_channels<T, kGhostChannels, kMul, kAdd>(g, pp, grad, xp, attn, acc.data(), pm,
+                                                           pa);
         c += kGhostChannels;
       } else {
-        ghost_grad_channels<T, 1>(g, pp, grad, xp, attn, acc.data(), p.part_mul + bc * kk,
-                                  p.part_add + bc * kk);
+        ghost_grad_channels<T, 1, kMul, kAdd>(g, pp, grad, xp, attn, acc.data(), pm, pa);
         c += 1;
       }
     }
   }
+}
+
+template <typename T>
+void backward_ghost_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
+                         int64_t r1) {
+  if (p.part_mul && p.part_add) return backward_ghost_items<T, true, true>(g, p, r0, r1);
+  if (p.part_mul) return backward_ghost_items<T, true, false>(g, p, r0, r1);
+  if (p.part_add) return backward_ghost_items<T, false, true>(g, p, r0, r1);
 }
 
 }  // namespace
