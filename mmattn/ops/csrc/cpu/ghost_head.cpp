@@ -95,6 +95,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor dv = at::empty_like(v), dattn = at::empty_like(attn);
   const Tensor m = ghost_or(mul, v, g.kk(), 1.0), a = ghost_or(add, v, g.kk(), 0.0);
+  const bool has_mul = mul.has_value() && mul->defined();
   // d_x runs the forward's aggregation with the taps mirrored (ghost_vec.h)
   const Tensor m_mirror = m.flip({1}).contiguous(), a_mirror = a.flip({1}).contiguous();
   // (B, C, k, k) per-batch partials of the asked-for gradients, summed over b below
@@ -109,7 +110,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
     p.mul = m_mirror.data_ptr<scalar_t>(), p.add = a_mirror.data_ptr<scalar_t>();
     p.out = dv.data_ptr<scalar_t>(), p.dattn = dattn.data_ptr<scalar_t>();
     run<scalar_t>(kn.backward_x, g.B * g.G * g.bands(), g, p);
-    p.mul = m.data_ptr<scalar_t>(), p.add = a.data_ptr<scalar_t>();
+    // d_attn: no M (null) when the op was given none, instead of multiplying by ones
+    p.mul = has_mul ? m.data_ptr<scalar_t>() : nullptr, p.add = a.data_ptr<scalar_t>();
     run<scalar_t>(kn.backward_attn, g.B * g.G * g.bands(), g, p);
     if (with_mul || with_add) {
       p.part_mul = with_mul ? part_mul.data_ptr<scalar_t>() : nullptr;

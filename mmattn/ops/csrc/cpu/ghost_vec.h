@@ -276,7 +276,8 @@ inline void with_taps(int64_t n, F&& f) {
 // d_attn of NT taps at one vector (`lanes` of it when kTail), summed over the group's channels:
 //   d_attn[s][j] = sum_c d_out[c][j] * xpad[c][j + shift] * M[c][s]
 // grad: channel 0 at the vector, channel stride HW; xr: channel 0's padded row at the vector's
-// first tap, channel stride `plane`, taps d apart; mul: channel 0's first tap.
+// first tap, channel stride `plane`, taps d apart; mul: channel 0's first tap, or null for no M
+// (ELSA-Swin): then one FMA per channel and tap instead of a product, a broadcast and an FMA.
 template <typename T, int NT, bool kTail>
 inline void attn_grad_vector(int64_t channels, const T* grad, int64_t HW, const T* xr,
                              int64_t plane, int64_t d, const T* mul, int64_t kk, T* da,
@@ -284,11 +285,20 @@ inline void attn_grad_vector(int64_t channels, const T* grad, int64_t HW, const 
   using V = Vectorized<T>;
   V acc[NT];
   for (int n = 0; n < NT; ++n) acc[n] = V(T(0));
-  for (int64_t c = 0; c < channels; ++c) {
-    const V gv = in_register(kTail ? lanes.load(grad + c * HW) : V::loadu(grad + c * HW));
-    const T* x = xr + c * plane;
-    const T* m = mul + c * kk;
-    for (int n = 0; n < NT; ++n) acc[n] = at::vec::fmadd(gv * V::loadu(x + n * d), V(m[n]), acc[n]);
+  if (mul) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const V gv = in_register(kTail ? lanes.load(grad + c * HW) : V::loadu(grad + c * HW));
+      const T* x = xr + c * plane;
+      const T* m = mul + c * kk;
+      for (int n = 0; n < NT; ++n)
+        acc[n] = at::vec::fmadd(gv * V::loadu(x + n * d), V(m[n]), acc[n]);
+    }
+  } else {
+    for (int64_t c = 0; c < channels; ++c) {
+      const V gv = in_register(kTail ? lanes.load(grad + c * HW) : V::loadu(grad + c * HW));
+      const T* x = xr + c * plane;
+      for (int n = 0; n < NT; ++n) acc[n] = at::vec::fmadd(gv, V::loadu(x + n * d), acc[n]);
+    }
   }
   for (int n = 0; n < NT; ++n) {
     if (kTail)
@@ -321,7 +331,7 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
           with_taps(std::min<int64_t>(kTaps, g.k - v0), [&]<int NT>() {
             const int64_t s0 = u * g.k + v0;
             const T* xr = xpad.data() + (t + u * g.d) * pp.Wp + v0 * g.d;
-            const T* m = p.mul + c0 * kk + s0;
+            const T* m = p.mul ? p.mul + c0 * kk + s0 : nullptr;
             T* da = da_row + s0 * HW;
             for (int64_t j0 = 0; j0 < full; j0 += L)
               attn_grad_vector<T, NT, false>(g.cpg(), grad + j0, HW, xr + j0, pp.plane, g.d, m,
