@@ -14,11 +14,12 @@ namespace mmattn {
 namespace {
 
 // What both grouped_conv2d entry points (`op`) ask of x and of the other tensor `other`
-// (weight, or the output gradient), after their shape checks.
+// (weight, or the output gradient), after their shape checks; `pair` names the two tensors in
+// the message.
 void check_grouped_conv_dtypes(const char* op, const Tensor& x, const Tensor& other,
-                               const char* other_name) {
-  TORCH_CHECK(other.scalar_type() == x.scalar_type() && other.device() == x.device(), op,
-              ": x and ", other_name, " must share dtype and device");
+                               const char* pair) {
+  TORCH_CHECK(other.scalar_type() == x.scalar_type() && other.device() == x.device(), op, ": ",
+              pair, " must share dtype and device");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": float32 or float64 only, got ", x.scalar_type());
 }
@@ -32,7 +33,7 @@ void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& 
                   weight.size(2) % 2 == 1,
               "grouped_conv2d: weight must be (C, C/groups, k, k) with k odd, got ",
               weight.sizes(), " for x ", x.sizes());
-  check_grouped_conv_dtypes("grouped_conv2d", x, weight, "weight");
+  check_grouped_conv_dtypes("grouped_conv2d", x, weight, "x and weight");
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1) &&
                     bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
@@ -46,7 +47,7 @@ void check_grouped_conv_weight_grad(const Tensor& grad, const Tensor& x, int64_t
               x.sizes());
   TORCH_CHECK(grad.sizes() == x.sizes(), "grouped_conv2d_weight_grad: grad must have the shape ",
               "of x ", x.sizes(), ", got ", grad.sizes());
-  check_grouped_conv_dtypes("grouped_conv2d_weight_grad", x, grad, "grad");
+  check_grouped_conv_dtypes("grouped_conv2d_weight_grad", x, grad, "grad and x");
   TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1,
               "grouped_conv2d_weight_grad: kernel_size must be odd and >= 1, got ", kernel_size);
   TORCH_CHECK(group_width >= 1 && x.size(1) % group_width == 0,

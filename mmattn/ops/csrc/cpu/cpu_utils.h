@@ -27,11 +27,12 @@ const scalar_t* data_or_null(const OptTensor& t) {
 // from call to call: a fresh buffer of a few hundred KiB is a fresh mmap whose pages the kernel
 // faults in and zeroes on every call, which took about as long as na2d's D=32 kernel itself
 // (README, "Benchmarks"). The same memory comes back while n does not grow; each thread keeps
-// the largest buffer it has used per slot and dtype (double, or float for everything else) until
-// it exits. The contents are undefined: a user writes every element it reads.
+// the largest buffer it has used per slot and dtype (float or double, the kernels' compute
+// dtypes) until it exits. The contents are undefined: a user writes every element it reads.
 template <typename Owner, int Slots>
 Tensor thread_scratch(int slot, int64_t n, const at::TensorOptions& opts) {
-  TORCH_INTERNAL_ASSERT(slot >= 0 && slot < Slots && n >= 0);
+  TORCH_INTERNAL_ASSERT(slot >= 0 && slot < Slots && n >= 0 && opts.device().is_cpu() &&
+                        (opts.dtype() == at::kFloat || opts.dtype() == at::kDouble));
   thread_local Tensor cache[Slots][2];
   Tensor& t = cache[slot][opts.dtype() == at::kDouble ? 1 : 0];
   if (!t.defined() || t.numel() < n) t = at::empty({n}, opts);

@@ -430,7 +430,8 @@ void ghost_grad_channels(const GhostGeometry& g, const PadPlanes& pp, const T* g
   const int64_t HW = g.H * g.W, kk = g.kk();
   T* acc_m = acc;
   T* acc_a = acc + kk * CB * L;
-  zero_fill(acc, 2 * kk * CB * L);
+  if constexpr (kMul) zero_fill(acc_m, kk * CB * L);
+  if constexpr (kAdd) zero_fill(acc_a, kk * CB * L);
   for (int64_t i0 = 0; i0 < g.H; i0 += kBandRows) {
     const int64_t i1 = std::min<int64_t>(g.H, i0 + kBandRows);
     for (int64_t u = 0; u < g.k; ++u)

@@ -778,8 +778,11 @@ inline void for_chains(int64_t n, F&& f) {
     if (t + u < n) f(t + u, u);
 }
 
-// Whether a slot of the L queries j0.. of row ri can hold -inf before the softmax: a window row
-// or column outside the map ('mask'), or an additive bias (which may mask slots with -inf).
+// Whether a slot of the L queries j0.. of row ri is masked (-inf) before the softmax: a window
+// row or column outside the map ('mask'), or an additive bias (which may mask slots with -inf).
+// Such vectors blend their masked slots to exactly 0. A -inf from anywhere else (an rpb or rpe
+// entry, an overflowing q . k) in another vector gets the clamped exp(-87 - ...), ~1e-38 of the
+// sum, instead of 0 in the float AVX builds.
 template <typename T>
 inline bool softmax_masked(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
                            int64_t j0) {
@@ -819,7 +822,7 @@ Vectorized<T> softmax_vector(const StripGeometry& g, const Na2dBuffers<T>& p, co
   if (masked) {
     for_chains<kChains>(kk, [&](int64_t t, int u) {
       const V x = V::loadu(lg + t * L);
-      // exp(-inf - m) is 0 for a masked slot; the blend keeps it exactly 0.
+      // a masked slot (-inf): vexp clamps it to exp(-87); the blend makes it exactly 0
       const V e = V::blendv(V(T(0)), vexp<T>(x - mx), x != V(ninf));
       e.store(lg + t * L);
       sum[u] = sum[u] + e;
