@@ -314,9 +314,10 @@ def main(argv=None) -> None:
     print(f'fp32 GEMM rate (1024x1024 torch.mm, same run): {gemm_gflops:.1f} GFLOP/s')
     print('ratios (reference / compiled for time, compiled / reference for memory; roofline: '
           'compiled GFLOP/s / GEMM rate):')
-    def band(values, percent=False):
-        m, lo, hi = (100 * v for v in values) if percent else values
-        return f'{m:.1f}% [{lo:.1f}-{hi:.1f}]' if percent else f'{m:.2f}x [{lo:.2f}-{hi:.2f}]'
+    def band(values, percent=False):  # (median, lower, upper quartile) as 'm [lo-hi]'
+        if percent:
+            return '{:.1f}% [{:.1f}-{:.1f}]'.format(*(100 * v for v in values))
+        return '{:.2f}x [{:.2f}-{:.2f}]'.format(*values)
 
     for s in summary:
         if args.compiled_only:

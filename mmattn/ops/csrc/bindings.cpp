@@ -7,6 +7,7 @@
 
 #include "cpu/capability.h"
 #include "cpu/grouped_conv_kernels.h"
+#include "cpu/na2d_kernels.h"
 #include "ops.h"
 
 namespace mmattn {
@@ -158,12 +159,6 @@ TORCH_LIBRARY(mmattn, m) {
         "Tensor? ghost_add, int kernel_size, int dilation, bool with_mul, bool with_add) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
 }
-
-namespace mmattn {
-namespace cpu {
-const char* na2d_cpu_kernels();  // na2d.cpp
-}  // namespace cpu
-}  // namespace mmattn
 
 // mmattn._C.cpu_kernels(): which build of the vectorised CPU kernels runs ("AVX512", "AVX2" or
 // "DEFAULT"), from ATen's CPU capability (ATEN_CPU_CAPABILITY can lower it); na2d_cpu_kernels():

@@ -28,8 +28,9 @@ bool gconv_vectorised();
 // mmattn.ops.grouped_conv2d also routes by (mmattn._C.grouped_conv_kernel_covers).
 bool gconv_kernel_covers(int64_t channels, int64_t kernel_size, int64_t group_width);
 
-// True when the AVX2 kernels (the row kernel and the weight gradient's) cover (C, K, GW): C % 8 == 0, GW == 4 (ELSA-Swin-T's width; with
-// 8 channels per group mkldnn's kernel is as fast), K in {3, 5, 7, 9}.
+// True when the AVX2 kernels (the row kernel and the weight gradient's) cover (C, K, GW):
+// C % 8 == 0, GW == 4 (ELSA-Swin-T's width; with 8 channels per group mkldnn's kernel is as
+// fast), K in {3, 5, 7, 9}.
 inline bool gconv_vec_supported(const GConvGeometry& g) {
   return g.C % 8 == 0 && g.GW == 4 &&
          (g.K == 3 || g.K == 5 || g.K == 7 || g.K == 9);

@@ -33,6 +33,8 @@ namespace cpu {
 // na2d's kernel build: cpu_build() (capability.h), except that it runs the AVX2 build on CPUs
 // that split AVX-512 instructions into 256-bit halves (na2d.cpp; MMATTN_NA2D_KERNELS chooses).
 CpuBuild na2d_build();
+// cpu_build_name(na2d_build()) (mmattn._C.na2d_cpu_kernels()).
+const char* na2d_cpu_kernels();
 
 struct StripGeometry {
   int64_t B, heads, H, W, D, k, d;

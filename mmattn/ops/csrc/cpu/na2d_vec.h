@@ -819,6 +819,8 @@ Vectorized<T> softmax_vector(const StripGeometry& g, const Na2dBuffers<T>& p, co
     m[u] = max_ignoring_nan(m[u], V::loadu(lg + t * L));
   });
   const V mx = max_ignoring_nan(max_ignoring_nan(m[0], m[1]), max_ignoring_nan(m[2], m[3]));
+  // two loops, not one with `if (masked)` in its body: gcc does not hoist that test out of the
+  // unrolled chains (callgrind: 1.2% more instructions in the whole D=8 kernel)
   if (masked) {
     for_chains<kChains>(kk, [&](int64_t t, int u) {
       const V x = V::loadu(lg + t * L);
