@@ -115,6 +115,17 @@ for border, dilation in (('mask', 1), ('mask', 2), ('clamp', 1), ('clamp', 2)):
         errors[f'na2d output layout {border} d{dilation} {H}x{W} D={D}'] = [
             0.0 if layout else 1.0, 0.0]
 
+# W-contiguous views (SASA's layout) through the strip copy's vector path: a map narrower than a
+# vector (5 columns; the element loop), exactly one 8-lane vector, partial last vectors (13, 19),
+# and zero padding (k // 2) * d of 3 to 9 columns, wider than a 4-lane (double AVX2) or 8-lane
+# vector
+for (H, W, D, ks, dilation) in ((6, 5, 3, 7, 1), (7, 8, 5, 5, 3), (11, 13, 4, 3, 9),
+                                (9, 19, 4, 3, 6)):
+    views = [rnd(1, 2, D, H, W).permute(0, 1, 3, 4, 2) for _ in range(3)]
+    compare(f'na2d W-contiguous {H}x{W} k={ks} d={dilation}',
+            lambda q, k, v: na2d(q, k, v, ks, dilation),
+            lambda q, k, v: na2d_reference(q, k, v, ks, dilation), views)
+
 # heads of 3, 1, 5 (4 + 1) and 8 channels; widths with and without a partial last vector, with
 # several row chunks (70 and 33 columns); maps of fewer rows than a band (8) and than the window
 for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20, 33, 7, 1),

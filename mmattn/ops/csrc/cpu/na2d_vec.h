@@ -48,10 +48,11 @@ struct Tap {
   const T* e;  // rpe of the slot, (D,), or nullptr
 };
 
-// acc[b] = sum_c a[c*Wp] * (m[c*Wp + b*step] + e[b*D + c])   for b < NB
-template <typename T, int NB, bool RPE>
+// epi(b0 + b, sum_c a[c*Wp] * (m[c*Wp + b*step] + e[b*D + c]))   for b < NB: the epilogue
+// (LogitsStore) takes each sum from its register.
+template <typename T, int NB, bool RPE, typename Epi>
 inline void dot_block(const T* a, const T* m, const T* e, int64_t D, int64_t Wp, int64_t step,
-                      Vectorized<T>* acc) {
+                      int64_t b0, const Epi& epi) {
   using V = Vectorized<T>;
   V s[NB];
   for (int b = 0; b < NB; ++b) s[b] = V(T(0));
@@ -64,30 +65,32 @@ inline void dot_block(const T* a, const T* m, const T* e, int64_t D, int64_t Wp,
       s[b] = at::vec::fmadd(av, kv, s[b]);
     }
   }
-  for (int b = 0; b < NB; ++b) acc[b] = s[b];
+  // unrolled: a loop over s[b] would keep s in memory, stored at every step of the loop above
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b) epi(b0 + b, s[b]);
 }
 
-template <typename T, bool RPE>
+template <typename T, bool RPE, typename Epi>
 inline void dots(const T* a, const T* m, const T* e, int64_t D, int64_t Wp, int64_t step, int nb,
-                 Vectorized<T>* acc) {
+                 int64_t b0, const Epi& epi) {
   switch (nb) {
-    case 1: return dot_block<T, 1, RPE>(a, m, e, D, Wp, step, acc);
-    case 2: return dot_block<T, 2, RPE>(a, m, e, D, Wp, step, acc);
-    case 3: return dot_block<T, 3, RPE>(a, m, e, D, Wp, step, acc);
-    case 4: return dot_block<T, 4, RPE>(a, m, e, D, Wp, step, acc);
-    case 5: return dot_block<T, 5, RPE>(a, m, e, D, Wp, step, acc);
-    case 6: return dot_block<T, 6, RPE>(a, m, e, D, Wp, step, acc);
-    case 7: return dot_block<T, 7, RPE>(a, m, e, D, Wp, step, acc);
-    default: return dot_block<T, 8, RPE>(a, m, e, D, Wp, step, acc);
+    case 1: return dot_block<T, 1, RPE>(a, m, e, D, Wp, step, b0, epi);
+    case 2: return dot_block<T, 2, RPE>(a, m, e, D, Wp, step, b0, epi);
+    case 3: return dot_block<T, 3, RPE>(a, m, e, D, Wp, step, b0, epi);
+    case 4: return dot_block<T, 4, RPE>(a, m, e, D, Wp, step, b0, epi);
+    case 5: return dot_block<T, 5, RPE>(a, m, e, D, Wp, step, b0, epi);
+    case 6: return dot_block<T, 6, RPE>(a, m, e, D, Wp, step, b0, epi);
+    case 7: return dot_block<T, 7, RPE>(a, m, e, D, Wp, step, b0, epi);
+    default: return dot_block<T, 8, RPE>(a, m, e, D, Wp, step, b0, epi);
   }
 }
 
 // dot_block for two query rows that share the key row m (rows i and i + dilation, at window
 // rows a and a - 1): each loaded key vector feeds both rows' FMAs. Every accumulator sees the
 // same operations in the same order as in dot_block, so the results are identical.
-template <typename T, int NB, bool RPE>
+template <typename T, int NB, bool RPE, typename Epi>
 inline void dot_block2(const T* a0, const T* a1, const T* m, const T* e0, const T* e1, int64_t D,
-                       int64_t Wp, int64_t step, Vectorized<T>* acc0, Vectorized<T>* acc1) {
+                       int64_t Wp, int64_t step, int64_t b0, const Epi& epi0, const Epi& epi1) {
   using V = Vectorized<T>;
   V s0[NB], s1[NB];
   for (int b = 0; b < NB; ++b) s0[b] = s1[b] = V(T(0));
@@ -105,7 +108,8 @@ inline void dot_block2(const T* a0, const T* a1, const T* m, const T* e0, const 
       }
     }
   }
-  for (int b = 0; b < NB; ++b) acc0[b] = s0[b], acc1[b] = s1[b];
+#pragma GCC unroll 8  // see dot_block
+  for (int b = 0; b < NB; ++b) epi0(b0 + b, s0[b]), epi1(b0 + b, s1[b]);
 }
 
 // Register block of the two-row kernels: 2 x 8 accumulators need 32 vector registers (AVX512);
@@ -115,18 +119,18 @@ constexpr int pair_block() {
   return Vectorized<T>::size() * sizeof(T) >= 64 ? kBlock : kBlock / 2;
 }
 
-template <typename T, bool RPE>
+template <typename T, bool RPE, typename Epi>
 inline void dots2(const T* a0, const T* a1, const T* m, const T* e0, const T* e1, int64_t D,
-                  int64_t Wp, int64_t step, int nb, Vectorized<T>* acc0, Vectorized<T>* acc1) {
+                  int64_t Wp, int64_t step, int nb, int64_t b0, const Epi& epi0, const Epi& epi1) {
   switch (nb) {
-    case 1: return dot_block2<T, 1, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
-    case 2: return dot_block2<T, 2, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
-    case 3: return dot_block2<T, 3, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
-    case 4: return dot_block2<T, 4, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
-    case 5: return dot_block2<T, 5, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
-    case 6: return dot_block2<T, 6, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
-    case 7: return dot_block2<T, 7, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
-    default: return dot_block2<T, 8, RPE>(a0, a1, m, e0, e1, D, Wp, step, acc0, acc1);
+    case 1: return dot_block2<T, 1, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
+    case 2: return dot_block2<T, 2, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
+    case 3: return dot_block2<T, 3, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
+    case 4: return dot_block2<T, 4, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
+    case 5: return dot_block2<T, 5, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
+    case 6: return dot_block2<T, 6, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
+    case 7: return dot_block2<T, 7, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
+    default: return dot_block2<T, 8, RPE>(a0, a1, m, e0, e1, D, Wp, step, b0, epi0, epi1);
   }
 }
 
@@ -140,18 +144,29 @@ struct Tap2 {
   const T* e1 = nullptr;
 };
 
+// Element offsets that the gathers add to every tap's weight (w, w0, w1) and key/value (m)
+// pointer. The kernels build a row's taps once, at query (or key) column 0, and gather each
+// vector j0 of the row with the shift {j0, j0} (weights in the strip layout) or {0, j0} (the
+// fused kernel's per-vector weights): the same pointers as taps built per vector, without
+// rebuilding k*k taps for every vector (callgrind: 4% of the fused kernel's instructions at
+// D = 8).
+struct TapShift {
+  int64_t w, m;
+};
+
 // acc0[c] += sum over taps w0 * m[(c0 + c)*Wp], acc1[c] += ... w1 ..., for c < NC; each loaded
 // m vector feeds both rows, in the order of gather_block.
 // ZERO1: acc1 starts from zero instead.
 template <typename T, int NC, bool RPE, bool ZERO1 = false>
-inline void gather2_block(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp,
+inline void gather2_block(const Tap2<T>* taps, int64_t n, TapShift sh, int64_t c0, int64_t Wp,
                           Vectorized<T>* acc0, Vectorized<T>* acc1) {
   using V = Vectorized<T>;
   V s0[NC], s1[NC];
   for (int c = 0; c < NC; ++c) s0[c] = acc0[c], s1[c] = ZERO1 ? V(T(0)) : acc1[c];
+  const int64_t mo = sh.m + c0 * Wp;
   for (int64_t t = 0; t < n; ++t) {
-    const V w0 = V::loadu(taps[t].w0), w1 = V::loadu(taps[t].w1);
-    const T* m = taps[t].m + c0 * Wp;
+    const V w0 = V::loadu(taps[t].w0 + sh.w), w1 = V::loadu(taps[t].w1 + sh.w);
+    const T* m = taps[t].m + mo;
     for (int c = 0; c < NC; ++c) {
       const V mv = in_register(V::loadu(m + c * Wp));
       if constexpr (RPE) {
@@ -166,32 +181,36 @@ inline void gather2_block(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp
   for (int c = 0; c < NC; ++c) acc0[c] = s0[c], acc1[c] = s1[c];
 }
 
+// always inlined (into gather_pair): with TapShift, gcc stopped inlining it and its calls made
+// SASA's first-stage call 5% slower
 template <typename T, bool RPE = false, bool ZERO1 = false>
-inline void gather2(const Tap2<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc,
-                    Vectorized<T>* acc0, Vectorized<T>* acc1) {
+__attribute__((always_inline)) inline void gather2(const Tap2<T>* taps, int64_t n, TapShift sh,
+                                                   int64_t c0, int64_t Wp, int nc,
+                                                   Vectorized<T>* acc0, Vectorized<T>* acc1) {
   switch (nc) {
-    case 1: return gather2_block<T, 1, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
-    case 2: return gather2_block<T, 2, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
-    case 3: return gather2_block<T, 3, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
-    case 4: return gather2_block<T, 4, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
-    case 5: return gather2_block<T, 5, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
-    case 6: return gather2_block<T, 6, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
-    case 7: return gather2_block<T, 7, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
-    default: return gather2_block<T, 8, RPE, ZERO1>(taps, n, c0, Wp, acc0, acc1);
+    case 1: return gather2_block<T, 1, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
+    case 2: return gather2_block<T, 2, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
+    case 3: return gather2_block<T, 3, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
+    case 4: return gather2_block<T, 4, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
+    case 5: return gather2_block<T, 5, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
+    case 6: return gather2_block<T, 6, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
+    case 7: return gather2_block<T, 7, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
+    default: return gather2_block<T, 8, RPE, ZERO1>(taps, n, sh, c0, Wp, acc0, acc1);
   }
 }
 
 // acc[c] (+)= sum over taps w * (m[(c0 + c)*Wp] + e[c0 + c])   for c < NC; ACC: add to acc
 // instead of starting from zero
 template <typename T, int NC, bool RPE, bool ACC = false>
-inline void gather_block(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp,
+inline void gather_block(const Tap<T>* taps, int64_t n, TapShift sh, int64_t c0, int64_t Wp,
                          Vectorized<T>* acc) {
   using V = Vectorized<T>;
   V s[NC];
   for (int c = 0; c < NC; ++c) s[c] = ACC ? acc[c] : V(T(0));
+  const int64_t mo = sh.m + c0 * Wp;
   for (int64_t t = 0; t < n; ++t) {
-    const V wv = V::loadu(taps[t].w);
-    const T* m = taps[t].m + c0 * Wp;
+    const V wv = V::loadu(taps[t].w + sh.w);
+    const T* m = taps[t].m + mo;
     for (int c = 0; c < NC; ++c) {
       V mv = V::loadu(m + c * Wp);
       if constexpr (RPE) mv = mv + V(taps[t].e[c0 + c]);
@@ -202,17 +221,17 @@ inline void gather_block(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp,
 }
 
 template <typename T, bool RPE, bool ACC = false>
-inline void gather(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc,
+inline void gather(const Tap<T>* taps, int64_t n, TapShift sh, int64_t c0, int64_t Wp, int nc,
                    Vectorized<T>* acc) {
   switch (nc) {
-    case 1: return gather_block<T, 1, RPE, ACC>(taps, n, c0, Wp, acc);
-    case 2: return gather_block<T, 2, RPE, ACC>(taps, n, c0, Wp, acc);
-    case 3: return gather_block<T, 3, RPE, ACC>(taps, n, c0, Wp, acc);
-    case 4: return gather_block<T, 4, RPE, ACC>(taps, n, c0, Wp, acc);
-    case 5: return gather_block<T, 5, RPE, ACC>(taps, n, c0, Wp, acc);
-    case 6: return gather_block<T, 6, RPE, ACC>(taps, n, c0, Wp, acc);
-    case 7: return gather_block<T, 7, RPE, ACC>(taps, n, c0, Wp, acc);
-    default: return gather_block<T, 8, RPE, ACC>(taps, n, c0, Wp, acc);
+    case 1: return gather_block<T, 1, RPE, ACC>(taps, n, sh, c0, Wp, acc);
+    case 2: return gather_block<T, 2, RPE, ACC>(taps, n, sh, c0, Wp, acc);
+    case 3: return gather_block<T, 3, RPE, ACC>(taps, n, sh, c0, Wp, acc);
+    case 4: return gather_block<T, 4, RPE, ACC>(taps, n, sh, c0, Wp, acc);
+    case 5: return gather_block<T, 5, RPE, ACC>(taps, n, sh, c0, Wp, acc);
+    case 6: return gather_block<T, 6, RPE, ACC>(taps, n, sh, c0, Wp, acc);
+    case 7: return gather_block<T, 7, RPE, ACC>(taps, n, sh, c0, Wp, acc);
+    default: return gather_block<T, 8, RPE, ACC>(taps, n, sh, c0, Wp, acc);
   }
 }
 
@@ -223,13 +242,14 @@ inline void gather(const Tap<T>* taps, int64_t n, int64_t c0, int64_t Wp, int nc
 // the shared ones in slices of pair_block() channels (2 x pair_block() chains).
 template <typename T, bool RPE>
 inline void gather_pair(const Tap<T>* taps0, int64_t n0, const Tap2<T>* taps2, int64_t n2,
-                        const Tap<T>* taps1, int64_t n1, int64_t c0, int64_t Wp, int nc,
-                        Vectorized<T>* acc0, Vectorized<T>* acc1) {
+                        const Tap<T>* taps1, int64_t n1, TapShift sh, int64_t c0, int64_t Wp,
+                        int nc, Vectorized<T>* acc0, Vectorized<T>* acc1) {
   constexpr int NB = pair_block<T>();
-  gather<T, RPE>(taps0, n0, c0, Wp, nc, acc0);  // from zero
+  gather<T, RPE>(taps0, n0, sh, c0, Wp, nc, acc0);  // from zero
   for (int cc = 0; cc < nc; cc += NB)  // acc1 from zero
-    gather2<T, RPE, true>(taps2, n2, c0 + cc, Wp, std::min(NB, nc - cc), acc0 + cc, acc1 + cc);
-  gather<T, RPE, true>(taps1, n1, c0, Wp, nc, acc1);
+    gather2<T, RPE, true>(taps2, n2, sh, c0 + cc, Wp, std::min(NB, nc - cc), acc0 + cc,
+                          acc1 + cc);
+  gather<T, RPE, true>(taps1, n1, sh, c0, Wp, nc, acc1);
 }
 
 // exp of the softmax's x - max <= 0 (-inf on invalid slots, which the caller blends to 0).
@@ -357,7 +377,24 @@ template <typename T>
 MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, int64_t sc, T* out,
                                                      int64_t C, int64_t P, int64_t W,
                                                      int64_t Wp) {
-  constexpr int64_t TB = 8;
+  using V = Vectorized<T>;
+  constexpr int64_t TB = 8, L = V::size();
+  if (sj == 1 && W >= L) {
+    // a vector of zeros at each L columns of the padding (the last one ending at Wp: both stay
+    // inside the row), then the row's W values, the last vector ending at column W; the zeros
+    // that land on data columns are overwritten by the copy (callgrind, SASA's first-stage call:
+    // 2.4 -> 1.5 instructions per copied element, padding included)
+    for (int64_t c = 0; c < C; ++c) {
+      T* row = out + c * Wp;
+      const T* src = in + c * sc;
+      for (int64_t j = 0; j < P; j += L) V(T(0)).store(row + std::min(j, Wp - L));
+      for (int64_t j = P + W; j < Wp; j += L) V(T(0)).store(row + std::min(j, Wp - L));
+      int64_t j = 0;
+      for (; j + L <= W; j += L) V::loadu(src + j).store(row + P + j);
+      if (j < W) V::loadu(src + W - L).store(row + P + W - L);
+    }
+    return;
+  }
   for (int64_t c = 0; c < C; ++c) {
     T* row = out + c * Wp;
     for (int64_t j = 0; j < P; ++j) row[j] = T(0);
@@ -540,32 +577,47 @@ inline const T* column_masks(const StripGeometry& g, int64_t j0, T* out) {
   return out;
 }
 
-// Scale, rpb and the border mask on the logits acc[0..nb) of window row a, columns b0.., of the L
-// queries j0.. of one row; stored into lg[t*L + lane].
+// The epilogue of the logits blocks (dot_block, dot_block2) for window row a of the L queries
+// j0.. of one row: scale, the separable rpe terms, rpb and the border mask on the logit of window
+// column b, stored into lg[(a*k + b)*L + lane], while the sum is still in a register.
 // `sep`: the separable rpe terms of the row's query vector (separable_rpe_terms), or null;
 // `cmask`: the vector's column_masks, or null.
 template <typename T>
-inline void store_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo& ri,
-                         int64_t a, int64_t b0, int nb, const T* cmask,
-                         const Vectorized<T>* acc, T* lg, const T* sep) {
+struct LogitsStore {
   using V = Vectorized<T>;
-  constexpr int64_t L = V::size();
-  const int64_t k = g.k, r = g.r(), R = g.R();
-  const T* rpb = p.rpb ? p.rpb + (ri.h * R + rpb_index(ri.wi, a, k)) * R + r : nullptr;
-  const V vscale(p.scale), vinvalid(p.invalid);
-  for (int bb = 0; bb < nb; ++bb) {
-    const int64_t b = b0 + bb;
+  static constexpr int64_t L = V::size();
+  T* lg;           // window row a's logits
+  const T* sep_a;  // the row term of `sep`, or null
+  const T* sep_b;  // the column terms of `sep`, or null
+  const T* rpb;    // rpb of window row a at column offset 0, or null
+  const T* cmask;
+  T scale, invalid;
+
+  __attribute__((always_inline)) LogitsStore(const StripGeometry& g, const Na2dBuffers<T>& p,
+                                             const RowInfo& ri, int64_t a, const T* cmask_,
+                                             T* lg_, const T* sep)
+      : lg(lg_ + a * g.k * L),
+        sep_a(sep ? sep + a * L : nullptr),
+        sep_b(sep ? sep + g.k * L : nullptr),
+        rpb(p.rpb ? p.rpb + (ri.h * g.R() + rpb_index(ri.wi, a, g.k)) * g.R() + g.r() : nullptr),
+        cmask(cmask_),
+        scale(p.scale),
+        invalid(p.invalid) {}
+
+  // The constants are loaded here, not held in vector registers across the blocks' loops: with
+  // them held, gcc spilled the accumulators inside the loops (one store per FMA pair).
+  __attribute__((always_inline)) inline void operator()(int64_t b, V acc) const {
     // explicit FMAs: gcc's own contraction of a multiply and an add can differ between the
     // inlined copies of the one-row and row-pair kernels (seen: other bits with other thread
     // counts), so the arithmetic is spelled out
-    V x = sep ? at::vec::fmadd(acc[bb], vscale,
-                               V::loadu(sep + a * L) + V::loadu(sep + (k + b) * L))
-              : rpb ? at::vec::fmadd(acc[bb], vscale, V(rpb[b])) : acc[bb] * vscale;
-    if (sep && rpb) x = x + V(rpb[b]);
-    if (cmask) x = V::blendv(vinvalid, x, V::loadu(cmask + b * L));
-    x.store(lg + (a * k + b) * L);
+    const V vscale(scale);
+    V x = sep_b ? at::vec::fmadd(acc, vscale, V::loadu(sep_a) + V::loadu(sep_b + b * L))
+                : rpb ? at::vec::fmadd(acc, vscale, V(rpb[b])) : acc * vscale;
+    if (sep_b && rpb) x = x + V(rpb[b]);
+    if (cmask) x = V::blendv(V(invalid), x, V::loadu(cmask + b * L));
+    x.store(lg + b * L);
   }
-}
+};
 
 // acc[b] = sum_{c < n} q[c*Wp] * tab[b*D + c]   for b < NB: the L queries' dot products with NB
 // rows of a (., D) table, over its first n channels.
@@ -641,7 +693,6 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
   const T* q = strip_col(p.q_s, ri.row, j0);
   const T* terms = separable_rpe_terms<T>(g, p, ri.h, q, scratch);
   const V vinvalid(p.invalid);
-  RawVectors<T, kBlock> acc;
   for (int64_t a = 0; a < k; ++a) {
     const int64_t ki = tap_coord(ri.wi, a, g.d);
     if (ki < 0) {
@@ -650,13 +701,13 @@ void strip_logits(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInfo
     }
     const T* kr = strip_col(p.k_s, ri.bh * g.H + ki, j0 - g.P);
     const T* rpe = p.rpe ? p.rpe + (ri.h * k + a) * k * g.D : nullptr;
+    const LogitsStore<T> epi(g, p, ri, a, cmask, lg, terms);
     for (int64_t b0 = 0; b0 < k; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
       if (rpe)
-        dots<T, true>(q, kr + b0 * g.d, rpe + b0 * g.D, g.D, g.Wp, g.d, nb, acc);
+        dots<T, true>(q, kr + b0 * g.d, rpe + b0 * g.D, g.D, g.Wp, g.d, nb, b0, epi);
       else
-        dots<T, false>(q, kr + b0 * g.d, nullptr, g.D, g.Wp, g.d, nb, acc);
-      store_logits<T>(g, p, ri, a, b0, nb, cmask, acc, lg, terms);
+        dots<T, false>(q, kr + b0 * g.d, nullptr, g.D, g.Wp, g.d, nb, b0, epi);
     }
   }
 }
@@ -710,7 +761,6 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
   const T* terms0 = separable_rpe_terms<T>(g, p, ri0.h, q0, scratch);
   const T* terms1 = separable_rpe_terms<T>(g, p, ri1.h, q1, scratch + 2 * k * L);
   const V vinvalid(p.invalid);
-  RawVectors<T, kBlock> acc0, acc1;
   for (int64_t a = 0; a <= k; ++a) {  // key row a of row 0 = key row a - 1 of row 1
     const bool in0 = a < k, in1 = a > 0;
     const int64_t ki = in0 ? tap_coord(ri0.wi, a, g.d) : tap_coord(ri1.wi, a - 1, g.d);
@@ -724,29 +774,30 @@ void strip_logits2(const StripGeometry& g, const Na2dBuffers<T>& p, const RowInf
     const T* kr = strip_col(p.k_s, ri0.bh * g.H + ki, j0 - g.P);
     const T* e0 = p.rpe && in0 ? p.rpe + (ri0.h * k + a) * k * D : nullptr;
     const T* e1 = p.rpe && in1 ? p.rpe + (ri1.h * k + a - 1) * k * D : nullptr;
-    for (int64_t b0 = 0; b0 < k; b0 += (in0 && in1 ? NB : kBlock)) {
-      if (in0 && in1) {
+    if (in0 && in1) {
+      const LogitsStore<T> epi0(g, p, ri0, a, cmask, lg0, terms0);
+      const LogitsStore<T> epi1(g, p, ri1, a - 1, cmask, lg1, terms1);
+      for (int64_t b0 = 0; b0 < k; b0 += NB) {
         const int nb = static_cast<int>(std::min<int64_t>(NB, k - b0));
         if (p.rpe)
-          dots2<T, true>(q0, q1, kr + b0 * g.d, e0 + b0 * D, e1 + b0 * D, D, g.Wp, g.d, nb, acc0,
-                         acc1);
+          dots2<T, true>(q0, q1, kr + b0 * g.d, e0 + b0 * D, e1 + b0 * D, D, g.Wp, g.d, nb, b0,
+                         epi0, epi1);
         else
-          dots2<T, false>(q0, q1, kr + b0 * g.d, nullptr, nullptr, D, g.Wp, g.d, nb, acc0, acc1);
-        store_logits<T>(g, p, ri0, a, b0, nb, cmask, acc0, lg0, terms0);
-        store_logits<T>(g, p, ri1, a - 1, b0, nb, cmask, acc1, lg1, terms1);
-        continue;
+          dots2<T, false>(q0, q1, kr + b0 * g.d, nullptr, nullptr, D, g.Wp, g.d, nb, b0, epi0,
+                          epi1);
       }
+      continue;
+    }
+    const LogitsStore<T> epi = in0 ? LogitsStore<T>(g, p, ri0, a, cmask, lg0, terms0)
+                                   : LogitsStore<T>(g, p, ri1, a - 1, cmask, lg1, terms1);
+    const T* q = in0 ? q0 : q1;
+    const T* e = in0 ? e0 : e1;
+    for (int64_t b0 = 0; b0 < k; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - b0));
-      const T* q = in0 ? q0 : q1;
-      const T* e = in0 ? e0 : e1;
       if (e)
-        dots<T, true>(q, kr + b0 * g.d, e + b0 * D, D, g.Wp, g.d, nb, acc0);
+        dots<T, true>(q, kr + b0 * g.d, e + b0 * D, D, g.Wp, g.d, nb, b0, epi);
       else
-        dots<T, false>(q, kr + b0 * g.d, nullptr, D, g.Wp, g.d, nb, acc0);
-      if (in0)
-        store_logits<T>(g, p, ri0, a, b0, nb, cmask, acc0, lg0, terms0);
-      else
-        store_logits<T>(g, p, ri1, a - 1, b0, nb, cmask, acc0, lg1, terms1);
+        dots<T, false>(q, kr + b0 * g.d, nullptr, D, g.Wp, g.d, nb, b0, epi);
     }
   }
 }
@@ -904,20 +955,20 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t
     load(ri);
     T* out_row = out_row_of<T>(g, p, ri.row);
     T* attn_row = attn_row_of(ri.row);
+    int64_t n = 0;  // the row's taps at column 0 (TapShift)
+    for (int64_t a = 0; a < k; ++a) {
+      const int64_t ki = tap_coord(ri.wi, a, g.d);
+      if (ki < 0) continue;
+      for (int64_t b = 0; b < k; ++b)
+        taps[n++] = {lg0.data() + (a * k + b) * L, value(ri, ki, b, 0), nullptr};
+    }
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
       strip_logits<T>(g, p, ri, j0, lg0.data(), scratch.data());
       const V inv = softmax_vector<T>(g, p, ri, j0, lg0.data());
-      int64_t n = 0;
-      for (int64_t a = 0; a < k; ++a) {
-        const int64_t ki = tap_coord(ri.wi, a, g.d);
-        if (ki < 0) continue;
-        for (int64_t b = 0; b < k; ++b)
-          taps[n++] = {lg0.data() + (a * k + b) * L, value(ri, ki, b, j0), nullptr};
-      }
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
-        gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc0);
+        gather<T, false>(taps.data(), n, {0, j0}, c0, g.Wp, nc, acc0);
         store_out<T>(acc0, nc, inv, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
       if (attn_row) store_probabilities<T>(g, lg0.data(), inv, j0, attn_row);
@@ -930,31 +981,32 @@ void fused_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64_t
     T* out0 = out_row_of<T>(g, p, ri0.row);
     T* out1 = out_row_of<T>(g, p, ri1.row);
     T *attn0 = attn_row_of(ri0.row), *attn1 = attn_row_of(ri1.row);
+    // the taps at column 0 (TapShift), in the order of one_row for each row: row 0's window row
+    // 0 alone, the shared key rows (row 0's a = 1..k-1, row 1's a - 1), row 1's window row k-1
+    // alone
+    int64_t n0 = 0, n2 = 0, n1 = 0;
+    const int64_t kf = tap_coord(ri0.wi, 0, g.d), kl = tap_coord(ri1.wi, k - 1, g.d);
+    for (int64_t b = 0; b < k; ++b) {
+      if (kf >= 0) taps0[n0++] = {lg0.data() + b * L, value(ri0, kf, b, 0), nullptr};
+      if (kl >= 0)
+        taps1[n1++] = {lg1.data() + ((k - 1) * k + b) * L, value(ri1, kl, b, 0), nullptr};
+    }
+    for (int64_t a = 1; a < k; ++a) {
+      const int64_t ki = tap_coord(ri0.wi, a, g.d);
+      if (ki < 0) continue;
+      for (int64_t b = 0; b < k; ++b)
+        taps2[n2++] = {lg0.data() + (a * k + b) * L, lg1.data() + ((a - 1) * k + b) * L,
+                       value(ri0, ki, b, 0)};
+    }
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
       strip_logits2<T>(g, p, ri0, ri1, j0, lg0.data(), lg1.data(), scratch.data());
       const V inv0 = softmax_vector<T>(g, p, ri0, j0, lg0.data());
       const V inv1 = softmax_vector<T>(g, p, ri1, j0, lg1.data());
-      // taps in the order of one_row for each row: row 0's window row 0 alone, the shared key
-      // rows (row 0's a = 1..k-1, row 1's a - 1), row 1's window row k-1 alone
-      int64_t n0 = 0, n2 = 0, n1 = 0;
-      const int64_t kf = tap_coord(ri0.wi, 0, g.d), kl = tap_coord(ri1.wi, k - 1, g.d);
-      for (int64_t b = 0; b < k; ++b) {
-        if (kf >= 0) taps0[n0++] = {lg0.data() + b * L, value(ri0, kf, b, j0), nullptr};
-        if (kl >= 0)
-          taps1[n1++] = {lg1.data() + ((k - 1) * k + b) * L, value(ri1, kl, b, j0), nullptr};
-      }
-      for (int64_t a = 1; a < k; ++a) {
-        const int64_t ki = tap_coord(ri0.wi, a, g.d);
-        if (ki < 0) continue;
-        for (int64_t b = 0; b < k; ++b)
-          taps2[n2++] = {lg0.data() + (a * k + b) * L, lg1.data() + ((a - 1) * k + b) * L,
-                         value(ri0, ki, b, j0)};
-      }
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
-        gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp, nc,
-                              acc0, acc1);
+        gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, {0, j0}, c0,
+                              g.Wp, nc, acc0, acc1);
         store_out<T>(acc0, nc, inv0, nv, out0, j0, c0, sw, sc, tmp.data());
         store_out<T>(acc1, nc, inv1, nv, out1, j0, c0, sw, sc, tmp.data());
       }
@@ -1060,20 +1112,20 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int
   auto one_row = [&](const RowInfo& ri) {
     load(ri);
     T* out_row = out_row_of<T>(g, p, ri.row);
+    int64_t n = 0;  // the row's taps at column 0 (TapShift)
+    for (int64_t a = 0; a < k; ++a) {
+      const int64_t ki = tap_coord(ri.wi, a, g.d);
+      if (ki < 0) continue;
+      for (int64_t b = 0; b < k; ++b) taps[n++] = tap(ri, a, ki, b, 0);
+    }
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      int64_t n = 0;
-      for (int64_t a = 0; a < k; ++a) {
-        const int64_t ki = tap_coord(ri.wi, a, g.d);
-        if (ki < 0) continue;
-        for (int64_t b = 0; b < k; ++b) taps[n++] = tap(ri, a, ki, b, j0);
-      }
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
         if (p.rpe)
-          gather<T, true>(taps.data(), n, c0, g.Wp, nc, acc0);
+          gather<T, true>(taps.data(), n, {j0, j0}, c0, g.Wp, nc, acc0);
         else
-          gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc0);
+          gather<T, false>(taps.data(), n, {j0, j0}, c0, g.Wp, nc, acc0);
         store_out<T>(acc0, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
     }
@@ -1085,30 +1137,31 @@ void aggregate_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int
     T* out0 = out_row_of<T>(g, p, ri0.row);
     T* out1 = out_row_of<T>(g, p, ri1.row);
     const int64_t kf = tap_coord(ri0.wi, 0, g.d), kl = tap_coord(ri1.wi, k - 1, g.d);
+    // the taps at column 0 (TapShift), in the order of one_row for each row (see
+    // fused_rows_impl)
+    int64_t n0 = 0, n1 = 0, n2 = 0;
+    for (int64_t b = 0; b < k; ++b) {
+      if (kf >= 0) taps0[n0++] = tap(ri0, 0, kf, b, 0);
+      if (kl >= 0) taps1[n1++] = tap(ri1, k - 1, kl, b, 0);
+    }
+    for (int64_t a = 1; a < k; ++a) {
+      const int64_t ki = tap_coord(ri0.wi, a, g.d);
+      if (ki < 0) continue;
+      for (int64_t b = 0; b < k; ++b) {
+        const Tap<T> t0 = tap(ri0, a, ki, b, 0), t1 = tap(ri1, a - 1, ki, b, 0);
+        taps2[n2++] = {t0.w, t1.w, t0.m, t0.e, t1.e};
+      }
+    }
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      // the order of one_row for each row (see fused_rows_impl)
-      int64_t n0 = 0, n1 = 0, n2 = 0;
-      for (int64_t b = 0; b < k; ++b) {
-        if (kf >= 0) taps0[n0++] = tap(ri0, 0, kf, b, j0);
-        if (kl >= 0) taps1[n1++] = tap(ri1, k - 1, kl, b, j0);
-      }
-      for (int64_t a = 1; a < k; ++a) {
-        const int64_t ki = tap_coord(ri0.wi, a, g.d);
-        if (ki < 0) continue;
-        for (int64_t b = 0; b < k; ++b) {
-          const Tap<T> t0 = tap(ri0, a, ki, b, j0), t1 = tap(ri1, a - 1, ki, b, j0);
-          taps2[n2++] = {t0.w, t1.w, t0.m, t0.e, t1.e};
-        }
-      }
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
         if (p.rpe)
-          gather_pair<T, true>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp,
-                               nc, acc0, acc1);
+          gather_pair<T, true>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, {j0, j0},
+                               c0, g.Wp, nc, acc0, acc1);
         else
-          gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp,
-                                nc, acc0, acc1);
+          gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, {j0, j0},
+                                c0, g.Wp, nc, acc0, acc1);
         store_out<T>(acc0, nc, vscale, nv, out0, j0, c0, sw, sc, tmp.data());
         store_out<T>(acc1, nc, vscale, nv, out1, j0, c0, sw, sc, tmp.data());
       }
@@ -1250,14 +1303,14 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64
     inverse_rows_of(g, ri.i, q0);
     load(ri, q0);
     T* out_row = out_row_of<T>(g, p, ri.row);
+    int64_t n = 0;  // the row's taps at key column 0 (TapShift)
+    for (int64_t x = 0; x < q0.n; ++x)
+      for (int64_t b = 0; b < k; ++b) taps[n++] = tap(q0, ri.bh, x, b, 0);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      int64_t n = 0;
-      for (int64_t x = 0; x < q0.n; ++x)
-        for (int64_t b = 0; b < k; ++b) taps[n++] = tap(q0, ri.bh, x, b, j0);
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
-        gather<T, false>(taps.data(), n, c0, g.Wp, nc, acc0);
+        gather<T, false>(taps.data(), n, {j0, j0}, c0, g.Wp, nc, acc0);
         store_out<T>(acc0, nc, vscale, nv, out_row, j0, c0, sw, sc, tmp.data());
       }
     }
@@ -1271,24 +1324,24 @@ void inverse_rows_impl(const StripGeometry& g, const Na2dBuffers<T>& p_in, int64
     const int64_t lead = inverse_split(q0, q1), shared = q0.n - lead;
     T* out0 = out_row_of<T>(g, p, ri0.row);
     T* out1 = out_row_of<T>(g, p, ri1.row);
+    // the taps at key column 0 (TapShift), in the order of one_row for each row: key row 0's
+    // leading query rows, the shared ones, key row 1's trailing ones
+    int64_t n0 = 0, n1 = 0, n2 = 0;
+    for (int64_t x = 0; x < lead; ++x)
+      for (int64_t b = 0; b < k; ++b) taps0[n0++] = tap(q0, ri0.bh, x, b, 0);
+    for (int64_t x = 0; x < shared; ++x)
+      for (int64_t b = 0; b < k; ++b) {
+        const Tap<T> t0 = tap(q0, ri0.bh, lead + x, b, 0), t1 = tap(q1, ri1.bh, x, b, 0);
+        taps2[n2++] = {t0.w, t1.w, t0.m};
+      }
+    for (int64_t x = shared; x < q1.n; ++x)
+      for (int64_t b = 0; b < k; ++b) taps1[n1++] = tap(q1, ri1.bh, x, b, 0);
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t nv = std::min<int64_t>(L, g.W - j0);
-      // the order of one_row for each row: key row 0's leading query rows, the shared ones,
-      // key row 1's trailing ones
-      int64_t n0 = 0, n1 = 0, n2 = 0;
-      for (int64_t x = 0; x < lead; ++x)
-        for (int64_t b = 0; b < k; ++b) taps0[n0++] = tap(q0, ri0.bh, x, b, j0);
-      for (int64_t x = 0; x < shared; ++x)
-        for (int64_t b = 0; b < k; ++b) {
-          const Tap<T> t0 = tap(q0, ri0.bh, lead + x, b, j0), t1 = tap(q1, ri1.bh, x, b, j0);
-          taps2[n2++] = {t0.w, t1.w, t0.m};
-        }
-      for (int64_t x = shared; x < q1.n; ++x)
-        for (int64_t b = 0; b < k; ++b) taps1[n1++] = tap(q1, ri1.bh, x, b, j0);
       for (int64_t c0 = 0; c0 < D; c0 += kBlock) {
         const int nc = static_cast<int>(std::min<int64_t>(kBlock, D - c0));
-        gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, c0, g.Wp, nc,
-                              acc0, acc1);
+        gather_pair<T, false>(taps0.data(), n0, taps2.data(), n2, taps1.data(), n1, {j0, j0}, c0,
+                              g.Wp, nc, acc0, acc1);
         store_out<T>(acc0, nc, vscale, nv, out0, j0, c0, sw, sc, tmp.data());
         store_out<T>(acc1, nc, vscale, nv, out1, j0, c0, sw, sc, tmp.data());
       }
