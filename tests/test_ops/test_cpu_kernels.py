@@ -115,12 +115,12 @@ for border, dilation in (('mask', 1), ('mask', 2), ('clamp', 1), ('clamp', 2)):
         errors[f'na2d output layout {border} d{dilation} {H}x{W} D={D}'] = [
             0.0 if layout else 1.0, 0.0]
 
-# W-contiguous views (SASA's layout) through the strip copy's vector path: a map narrower than a
-# vector (5 columns; the element loop), exactly one 8-lane vector, partial last vectors (13, 19),
-# and zero padding (k // 2) * d of 3 to 9 columns, wider than a 4-lane (double AVX2) or 8-lane
-# vector
+# W-contiguous views (SASA's layout) through the strip copy's vector path: maps narrower than a
+# vector (the element loop: 5 columns, and 8 and 13 with 16 lanes), exactly one 8-lane vector,
+# partial last vectors (13, 19, 37), and zero padding (k // 2) * d of 3 to 17 columns, wider than
+# a 4-, 8- or 16-lane vector
 for (H, W, D, ks, dilation) in ((6, 5, 3, 7, 1), (7, 8, 5, 5, 3), (11, 13, 4, 3, 9),
-                                (9, 19, 4, 3, 6)):
+                                (9, 19, 4, 3, 6), (4, 37, 3, 3, 17)):
     views = [rnd(1, 2, D, H, W).permute(0, 1, 3, 4, 2) for _ in range(3)]
     compare(f'na2d W-contiguous {H}x{W} k={ks} d={dilation}',
             lambda q, k, v: na2d(q, k, v, ks, dilation),

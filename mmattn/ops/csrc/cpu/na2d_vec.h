@@ -367,11 +367,12 @@ inline void zero_padding(const StripGeometry& g, T* row, int64_t C) {
 }
 
 // transpose_to_strip (na2d_kernels.h). W-contiguous planes (sj == 1: SASA's views of a
-// convolution output) row by row; channel-contiguous ones (sc == 1, the op layout) in 8 x 8 tiles
-// through ATen's transpose_mxn (AVX2: eight loads, 24 shuffles, eight stores; AVX-512: its masked
-// 16 x 16 kernel; the generic build and double: element by element), with the columns and
-// channels left over, and planes of any other strides, element by element. The loops are kept
-// as loops: gcc's memset/memcpy calls for them cost more on these short rows (perf, SASA's
+// convolution output) row by row, by vectors where a row holds one (W >= L), else element by
+// element; channel-contiguous ones (sc == 1, the op layout) in 8 x 8 tiles through ATen's
+// transpose_mxn (AVX2: eight loads, 24 shuffles, eight stores; AVX-512: its masked 16 x 16
+// kernel; the generic build and double: element by element), with the columns and channels left
+// over, and planes of any other strides, element by element. The element loops are kept as
+// loops: gcc's memset/memcpy calls for them cost more on these short rows (perf, SASA's
 // first-stage call: 5.4% -> 4.3% of the samples).
 template <typename T>
 MMATTN_NO_LIBCALL_LOOPS void transpose_to_strip_impl(const T* in, int64_t sj, int64_t sc, T* out,
@@ -589,7 +590,7 @@ struct LogitsStore {
   T* lg;           // window row a's logits
   const T* sep_a;  // the row term of `sep`, or null
   const T* sep_b;  // the column terms of `sep`, or null
-  const T* rpb;    // rpb of window row a at column offset 0, or null
+  const T* rpb;    // rpb of window row a at window column 0 (offset -r), or null
   const T* cmask;
   T scale, invalid;
 
