@@ -28,19 +28,6 @@ namespace CPU_CAPABILITY {
 namespace {
 constexpr int kBlock = 8;
 
-// N vectors on the stack that are not zeroed first: Vectorized's default constructor zeroes its
-// value, which for the accumulator arrays that the per-vector functions hand to their register
-// blocks was a `rep stos` of up to 512 bytes per call (perf: 4% of strip_logits2 at D=8). The
-// blocks write every element before anything reads it.
-template <typename T, int N>
-struct RawVectors {
-  union {
-    Vectorized<T> v[N];
-  };
-  RawVectors() {}
-  operator Vectorized<T>*() { return v; }
-};
-
 template <typename T>
 struct Tap {
   const T* w;  // L weights (one per query lane)
@@ -620,11 +607,11 @@ struct LogitsStore {
   }
 };
 
-// acc[b] = sum_{c < n} q[c*Wp] * tab[b*D + c]   for b < NB: the L queries' dot products with NB
-// rows of a (., D) table, over its first n channels.
-template <typename T, int NB>
+// epi(b, sum_{c < n} q[c*Wp] * tab[b*D + c])   for b < NB: the L queries' dot products with NB
+// rows of a (., D) table, over its first n channels, handed over as in dot_block.
+template <typename T, int NB, typename Epi>
 inline void table_block(const T* q, const T* tab, int64_t n, int64_t D, int64_t Wp,
-                        Vectorized<T>* acc) {
+                        const Epi& epi) {
   using V = Vectorized<T>;
   V s[NB];
   for (int b = 0; b < NB; ++b) s[b] = V(T(0));
@@ -632,21 +619,22 @@ inline void table_block(const T* q, const T* tab, int64_t n, int64_t D, int64_t 
     const V qv = V::loadu(q + c * Wp);
     for (int b = 0; b < NB; ++b) s[b] = at::vec::fmadd(qv, V(tab[b * D + c]), s[b]);
   }
-  for (int b = 0; b < NB; ++b) acc[b] = s[b];
+#pragma GCC unroll 8  // see dot_block
+  for (int b = 0; b < NB; ++b) epi(b, s[b]);
 }
 
-template <typename T>
+template <typename T, typename Epi>
 inline void table_dots(const T* q, const T* tab, int64_t n, int64_t D, int64_t Wp, int nb,
-                       Vectorized<T>* acc) {
+                       const Epi& epi) {
   switch (nb) {
-    case 1: return table_block<T, 1>(q, tab, n, D, Wp, acc);
-    case 2: return table_block<T, 2>(q, tab, n, D, Wp, acc);
-    case 3: return table_block<T, 3>(q, tab, n, D, Wp, acc);
-    case 4: return table_block<T, 4>(q, tab, n, D, Wp, acc);
-    case 5: return table_block<T, 5>(q, tab, n, D, Wp, acc);
-    case 6: return table_block<T, 6>(q, tab, n, D, Wp, acc);
-    case 7: return table_block<T, 7>(q, tab, n, D, Wp, acc);
-    default: return table_block<T, 8>(q, tab, n, D, Wp, acc);
+    case 1: return table_block<T, 1>(q, tab, n, D, Wp, epi);
+    case 2: return table_block<T, 2>(q, tab, n, D, Wp, epi);
+    case 3: return table_block<T, 3>(q, tab, n, D, Wp, epi);
+    case 4: return table_block<T, 4>(q, tab, n, D, Wp, epi);
+    case 5: return table_block<T, 5>(q, tab, n, D, Wp, epi);
+    case 6: return table_block<T, 6>(q, tab, n, D, Wp, epi);
+    case 7: return table_block<T, 7>(q, tab, n, D, Wp, epi);
+    default: return table_block<T, 8>(q, tab, n, D, Wp, epi);
   }
 }
 
@@ -662,14 +650,14 @@ const T* separable_rpe_terms(const StripGeometry& g, const Na2dBuffers<T>& p, in
   if (!p.rpe_a) return nullptr;
   const int64_t k = g.k, D = g.D;
   const V vscale(p.scale);
-  RawVectors<T, kBlock> acc;
   for (int t = 0; t < 2; ++t) {
     const int64_t lo = p.rpe_range[(h * 2 + t) * 2], hi = p.rpe_range[(h * 2 + t) * 2 + 1];
     const T* tab = (t == 0 ? p.rpe_a : p.rpe_b) + h * k * D + lo;
     for (int64_t a0 = 0; a0 < k; a0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, k - a0));
-      table_dots<T>(q + lo * g.Wp, tab + a0 * D, hi - lo, D, g.Wp, nb, acc);
-      for (int b = 0; b < nb; ++b) (acc[b] * vscale).store(sep + (t * k + a0 + b) * L);
+      T* out = sep + (t * k + a0) * L;
+      table_dots<T>(q + lo * g.Wp, tab + a0 * D, hi - lo, D, g.Wp, nb,
+                    [&](int b, V x) { (x * vscale).store(out + b * L); });
     }
   }
   return sep;
