@@ -18,7 +18,9 @@ import torch
 import torch.nn as nn
 from mmcv.cnn.bricks import DropPath
 
-from mmattn.ops import capturing_graph, ghost_head_aggregate, grouped_conv2d
+from mmattn.ops import (capturing_graph, ghost_head_aggregate, ghost_head_softmax_aggregate,
+                        grouped_conv2d)
+from mmattn.ops.ghost_head import softmax_fusion_runs
 
 from .blocks import Mlp, TokenBlock
 
@@ -30,9 +32,10 @@ def round_dim_qk(dim: int, dim_qk: Optional[int], group_width: int) -> int:
     return int(math.ceil(dim_qk / group_width) * group_width)
 
 
-def pointwise_conv_nchw(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def pointwise_conv_nchw(x: torch.Tensor, conv: nn.Conv2d,
+                        with_bias: bool = True) -> torch.Tensor:
     """``conv(x)`` for a 1x1 ``conv`` (one group, stride 1, no padding), with a contiguous (NCHW)
-    result.
+    result; ``with_bias=False`` leaves the bias out (the caller adds it).
 
     On CPU, a channels-last ``x`` goes through one batched GEMM, ``W @ x_b^T + bias``, that writes
     the logits channel-major: the head softmax over the taps (dim 2 of ``(B, G, k*k, H, W)``) and
@@ -42,17 +45,18 @@ def pointwise_conv_nchw(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     layouts, groups, a trace for FLOP counting or export) calls ``conv``.
     """
     B, C, H, W = x.shape
+    bias = conv.bias if with_bias else None
     if (capturing_graph() or x.device.type != 'cpu' or conv.groups != 1
             or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0)
             or x.is_contiguous()
             or not x.is_contiguous(memory_format=torch.channels_last)):
-        return conv(x)
+        return conv(x) if with_bias else conv._conv_forward(x, conv.weight, None)
     weight = conv.weight.view(conv.out_channels, C).expand(B, -1, -1)
     tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # a view of the channels-last memory
-    if conv.bias is None:
+    if bias is None:
         out = torch.bmm(weight, tokens.transpose(1, 2))
     else:
-        out = torch.baddbmm(conv.bias.view(1, -1, 1), weight, tokens.transpose(1, 2))
+        out = torch.baddbmm(bias.view(1, -1, 1), weight, tokens.transpose(1, 2))
     return out.view(B, conv.out_channels, H, W)
 
 
@@ -163,15 +167,25 @@ class ELSAAttention(nn.Module):
         # attn.0 through grouped_conv2d: mmattn's CPU kernel where it is faster than mkldnn's
         conv = self.attn[0]
         hidden = self.attn[1](grouped_conv2d(hadamard, conv.weight, conv.bias, self.dilation))
-        logits = pointwise_conv_nchw(hidden, self.attn[2])
-        attn = logits.view(b, self.num_heads, -1, h, w).softmax(dim=2)
-        attn = self.attn_drop(attn)
         mul, add = self.ghost_tensors()
-        # the op takes one dtype: everything follows v (autocast regions mix dtypes)
+        # the ops take one dtype: everything follows v (autocast regions mix dtypes)
         dtype = v.dtype
-        out = ghost_head_aggregate(
-            v, attn.to(dtype), None if mul is None else mul.to(dtype),
-            None if add is None else add.to(dtype), self.kernel_size, self.dilation)
+        mul = None if mul is None else mul.to(dtype)
+        add = None if add is None else add.to(dtype)
+        proj = self.attn[2]
+        bias = None if proj.bias is None else proj.bias.to(dtype)
+        if ((not self.training or self.attn_drop.p == 0)
+                and softmax_fusion_runs(v, hidden, proj.weight, bias, mul, add)):
+            # inference: the softmax (and the logits' bias) inside the aggregation kernel
+            logits = pointwise_conv_nchw(hidden, proj, with_bias=False)
+            out = ghost_head_softmax_aggregate(
+                v, logits.view(b, self.num_heads, -1, h, w).to(dtype), bias, mul, add,
+                self.kernel_size, self.dilation)
+        else:
+            logits = pointwise_conv_nchw(hidden, proj)
+            attn = self.attn_drop(logits.view(b, self.num_heads, -1, h, w).softmax(dim=2))
+            out = ghost_head_aggregate(v, attn.to(dtype), mul, add, self.kernel_size,
+                                       self.dilation)
         return self.proj_drop(self.post_proj(out.permute(0, 2, 3, 1)))
 
     def extra_repr(self) -> str:

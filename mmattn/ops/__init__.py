@@ -4,11 +4,11 @@ This package imports torch only. When ``mmattn._C`` is not built, :func:`na2d` a
 :func:`ghost_head_aggregate` fall back to the plain-PyTorch references (logged once).
 """
 from ._ext import capturing_graph, has_compiled_ops, has_cuda_kernels
-from .ghost_head import ghost_head_aggregate
+from .ghost_head import ghost_head_aggregate, ghost_head_softmax_aggregate
 from .grouped_conv import grouped_conv2d
 from .neighborhood import na2d
 from .reference import ghost_head_aggregate_reference, na2d_reference
 
-__all__ = ['na2d', 'ghost_head_aggregate', 'grouped_conv2d', 'na2d_reference',
-           'ghost_head_aggregate_reference', 'has_compiled_ops', 'has_cuda_kernels',
-           'capturing_graph']
+__all__ = ['na2d', 'ghost_head_aggregate', 'ghost_head_softmax_aggregate', 'grouped_conv2d',
+           'na2d_reference', 'ghost_head_aggregate_reference', 'has_compiled_ops',
+           'has_cuda_kernels', 'capturing_graph']

@@ -88,18 +88,21 @@ def check_na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: i
 
 
 def check_ghost(v: torch.Tensor, attn: torch.Tensor, ghost_mul: Optional[torch.Tensor],
-                ghost_add: Optional[torch.Tensor], kernel_size: int, dilation: int) -> None:
-    """Validates the arguments of :func:`mmattn.ops.ghost_head_aggregate`."""
+                ghost_add: Optional[torch.Tensor], kernel_size: int, dilation: int,
+                attn_name: str = 'attn') -> None:
+    """Validates the arguments of :func:`mmattn.ops.ghost_head_aggregate` (and of
+    :func:`mmattn.ops.ghost_head_softmax_aggregate`, whose attention is named ``logits``)."""
     check_tensor('v', v, 4, '(B, C, H, W)')
-    check_tensor('attn', attn, 5, '(B, G, k*k, H, W)')
+    check_tensor(attn_name, attn, 5, '(B, G, k*k, H, W)')
     ks = check_int('kernel_size', kernel_size, 1, odd=True)
     check_int('dilation', dilation, 1)
     B, C, H, W = v.shape
     G = attn.shape[1]
     if G < 1 or C % G != 0:
-        raise ValueError(f'attn.shape[1] (heads G) must divide the channels of v (C={C}), got G={G}')
-    check_shape('attn', attn, (B, G, ks * ks, H, W), '(B, G, k*k, H, W)')
-    check_like('attn', attn, 'v', v)
+        raise ValueError(f'{attn_name}.shape[1] (heads G) must divide the channels of v (C={C}), '
+                         f'got G={G}')
+    check_shape(attn_name, attn, (B, G, ks * ks, H, W), '(B, G, k*k, H, W)')
+    check_like(attn_name, attn, 'v', v)
     for name, t in (('ghost_mul', ghost_mul), ('ghost_add', ghost_add)):
         if t is not None:
             check_tensor(name, t, 3, '(C, k, k)')

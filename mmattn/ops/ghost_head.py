@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from ._checks import check_ghost
+from ._checks import check_ghost, check_like, check_shape, check_tensor
 from ._ext import capturing_graph, has_compiled_ops
 from .reference import ghost_head_aggregate_reference
 
@@ -47,6 +47,60 @@ def ghost_head_aggregate(v: torch.Tensor, attn: torch.Tensor,
                                                  ghost_add, kernel_size, dilation)
 
 
+def softmax_fusion_runs(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether :func:`ghost_head_softmax_aggregate` of these tensors runs its fused CPU kernel:
+    compiled ops, CPU tensors, eager execution (no trace or export) and no gradient asked for
+    (grad mode off, or no tensor that requires one). Elsewhere it takes the softmax and calls
+    :func:`ghost_head_aggregate`, which autograd differentiates."""
+    if not has_compiled_ops() or capturing_graph():
+        return False
+    present = [t for t in tensors if t is not None]
+    if any(t.device.type != 'cpu' for t in present):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+
+
+def ghost_head_softmax_aggregate(v: torch.Tensor, logits: torch.Tensor,
+                                 logits_bias: Optional[torch.Tensor] = None,
+                                 ghost_mul: Optional[torch.Tensor] = None,
+                                 ghost_add: Optional[torch.Tensor] = None, kernel_size: int = 7,
+                                 dilation: int = 1) -> torch.Tensor:
+    """``ghost_head_aggregate(v, softmax(logits + logits_bias, over the taps), ...)`` (ELSA's
+    Hadamard attention after its last 1x1 conv).
+
+    On CPU with no gradient asked for (:func:`softmax_fusion_runs`), one kernel takes the
+    softmax of each band of rows into a buffer of its own and aggregates from there: the
+    ``(B, G, k*k, H, W)`` attention is never written to memory, and the separate softmax pass
+    (about as long as the aggregation at ELSA-Swin-T's first stage) is gone. Elsewhere it
+    computes exactly the composition, differentiably.
+
+    Args:
+        v (Tensor): ``(B, C, H, W)`` values.
+        logits (Tensor): ``(B, G, k*k, H, W)`` attention logits of ``G`` heads.
+        logits_bias (Tensor, optional): ``(G*k*k,)`` bias added to the logits of head ``g``
+            and tap ``s`` at index ``g*k*k + s`` (a 1x1 conv's bias); None for none.
+        ghost_mul, ghost_add, kernel_size, dilation: as :func:`ghost_head_aggregate`.
+
+    Returns:
+        Tensor: ``(B, C, H, W)``.
+    """
+    check_ghost(v, logits, ghost_mul, ghost_add, kernel_size, dilation, attn_name='logits')
+    G, kk = logits.shape[1], logits.shape[2]
+    if logits_bias is not None:
+        check_tensor('logits_bias', logits_bias, 1, '(G*k*k,)')
+        check_shape('logits_bias', logits_bias, (G * kk, ), '(G*k*k,)')
+        check_like('logits_bias', logits_bias, 'v', v)
+    if not softmax_fusion_runs(v, logits, logits_bias, ghost_mul, ghost_add):
+        if logits_bias is not None:
+            logits = logits + logits_bias.view(1, G, kk, 1, 1)
+        return ghost_head_aggregate(v, logits.softmax(dim=2), ghost_mul, ghost_add, kernel_size,
+                                    dilation)
+    return torch.ops.mmattn.ghost_head_softmax_aggregate(
+        v.contiguous(), logits.contiguous(), logits_bias,
+        None if ghost_mul is None else ghost_mul.contiguous(),
+        None if ghost_add is None else ghost_add.contiguous(), kernel_size, dilation)
+
+
 def channels_last_copy(x: torch.Tensor) -> torch.Tensor:
     """A channels-last copy of the contiguous ``(B, C, H, W)`` tensor ``x``, one 2-D transposing
     copy per image: ATen's blocked transpose, where ``x.contiguous(memory_format=
@@ -82,6 +136,10 @@ def _register() -> None:
 
     @lib.register_fake('mmattn::ghost_head_aggregate')
     def _fake(v, attn, ghost_mul, ghost_add, kernel_size, dilation):
+        return torch.empty_like(v)
+
+    @lib.register_fake('mmattn::ghost_head_softmax_aggregate')
+    def _softmax_fake(v, logits, logits_bias, ghost_mul, ghost_add, kernel_size, dilation):
         return torch.empty_like(v)
 
     @lib.register_fake('mmattn::ghost_head_aggregate_backward')

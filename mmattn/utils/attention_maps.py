@@ -155,9 +155,17 @@ def _elsa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
                image_size: Tuple[int, int]) -> QueryMap:
     import mmattn.layers.elsa_attention as elsa
     calls: list = []
-    with _capture(elsa, 'ghost_head_aggregate', calls):
+    fused: list = []  # inference on CPU: the softmax runs inside ghost_head_softmax_aggregate
+    with _capture(elsa, 'ghost_head_aggregate', calls), \
+            _capture(elsa, 'ghost_head_softmax_aggregate', fused):
         _rerun(layer, call)
-    v, attn, mul, add, k, dilation = calls[-1][0]
+    if fused:
+        v, logits, bias, mul, add, k, dilation = fused[-1][0]
+        if bias is not None:
+            logits = logits + bias.view(1, logits.shape[1], -1, 1, 1)
+        attn = logits.softmax(dim=2)
+    else:
+        v, attn, mul, add, k, dilation = calls[-1][0]
     _, heads, _, h, w = attn.shape
     row, col = image_to_map(query_px, image_size, (h, w))
     valid = _valid_taps(row, col, h, w, k, dilation)

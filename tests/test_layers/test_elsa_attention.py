@@ -81,6 +81,38 @@ def test_block_matches_spec_rebuild(lam, gamma, size):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize('lam,gamma', [(0, 1.), (1, 1.), (0, 0.)])
+def test_inference_fuses_the_softmax_and_matches_the_spec_rebuild(lam, gamma, monkeypatch):
+    """Without gradients (eval mode, no_grad) the softmax and attn.2's bias run inside
+    ghost_head_softmax_aggregate (with the compiled ops), and the block still matches the
+    float64 rebuild; with gradients on, or attention dropout active in training, the softmax
+    runs before ghost_head_aggregate."""
+    from mmattn.ops import has_compiled_ops
+    torch.manual_seed(0)
+    block = ELSABlock(24, 3, kernel_size=7, group_width=4, lam=lam, gamma=gamma,
+                      attn_drop=0.5).double().eval()
+    _randomise(block)
+    fused, unfused = [], []
+    for name, calls in (('ghost_head_softmax_aggregate', fused),
+                        ('ghost_head_aggregate', unfused)):
+        original = getattr(elsa_module, name)
+        monkeypatch.setattr(elsa_module, name,
+                            lambda *a, _f=original, _c=calls, **k: _c.append(1) or _f(*a, **k))
+    x = torch.randn(2, 9 * 11, 24, dtype=torch.float64)
+    ref = reference_block(x, (9, 11), block.state_dict(), heads=3, k=7, dim_qk=16,
+                          group_width=4, scale=1., lam=lam, gamma=gamma)
+    with torch.no_grad():
+        out = block(x, (9, 11))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-7)
+    assert (len(fused), len(unfused)) == ((1, 0) if has_compiled_ops() else (0, 1))
+    fused.clear(), unfused.clear()
+    torch.testing.assert_close(block(x, (9, 11)), ref, rtol=1e-5, atol=1e-7)  # grad mode
+    block.train()
+    with torch.no_grad():
+        block(x, (9, 11))  # attention dropout must apply
+    assert (len(fused), len(unfused)) == (0, 2)
+
+
 def test_block_matches_spec_rebuild_fp32_official_shapes():
     """Stage 0 of ELSA-Swin-T (d 96, 3 heads, dim_qk 64, group width 4) in fp32 against the fp64
     rebuild: errors within 1e-5 of the output's scale (spec O5)."""

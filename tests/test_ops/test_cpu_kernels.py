@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not
 CHILD = r'''
 import json, sys, torch
 from mmattn import _C
-from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference, na2d,
-                        na2d_reference)
+from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,
+                        ghost_head_softmax_aggregate, na2d, na2d_reference)
 
 torch.manual_seed(0)
 errors = {}
@@ -136,6 +136,23 @@ for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20,
     compare(f'ghost C={C} G={G} {H}x{W} k={ks} d={d}',
             lambda *t: ghost_head_aggregate(*t, ks, d),
             lambda *t: ghost_head_aggregate_reference(*t, ks, d), [v, attn, mul, add])
+
+# the inference kernel with the softmax over the taps inside (no gradient asked for), the same
+# shapes, with and without the logits' bias and M; logits scaled so that the softmax is peaked
+for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20, 33, 7, 1),
+                            (10, 2, 11, 70, 5, 2), (8, 1, 5, 32, 7, 1)):
+    v, logits = rnd(2, C, H, W), 4 * rnd(2, G, ks * ks, H, W)
+    for bias, mul in ((rnd(G * ks * ks), None), (None, rnd(C, ks, ks))):
+        add = rnd(C, ks, ks)
+        z = logits if bias is None else logits + bias.view(1, G, -1, 1, 1)
+        expect = ghost_head_aggregate_reference(v, z.softmax(2), mul, add, ks, d)
+        as32 = [None if t is None else t.float() for t in (v, logits, bias, mul, add)]
+        with torch.no_grad():
+            out = ghost_head_softmax_aggregate(v, logits, bias, mul, add, ks, d)
+            f32 = ghost_head_softmax_aggregate(*as32, ks, d).double()
+        errors[f'ghost softmax C={C} G={G} {H}x{W} k={ks} d={d} bias={bias is not None}'] = [
+            (out - expect).abs().max().item(),
+            ((f32 - expect).abs().max() / expect.abs().max()).item()]
 
 # ELSA's grouped convolution (4 channels per group): the AVX2 row kernel in float32 (8-column
 # blocks and every narrower last block), the scalar loop in float64 and in the DEFAULT build

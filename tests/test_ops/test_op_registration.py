@@ -13,7 +13,8 @@ from mmattn.ops import has_compiled_ops
 
 OPS = ('na2d_qk', 'na2d_qk_backward', 'na2d_av', 'na2d_av_backward', 'na2d_fused',
        'na2d_fused_train', 'na2d_fused_train_backward', 'ghost_head_aggregate',
-       'ghost_head_aggregate_backward', 'grouped_conv2d', 'grouped_conv2d_weight_grad')
+       'ghost_head_aggregate_backward', 'ghost_head_softmax_aggregate', 'grouped_conv2d',
+       'grouped_conv2d_weight_grad')
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 needs_ext = pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not built')
@@ -64,11 +65,14 @@ def _opcheck_cases():
         ('ghost_head_aggregate_backward', ops.ghost_head_aggregate_backward.default,
          (_t(2, 6, 5, 6), gv.detach(), gattn.detach(), gmul.detach(), gadd.detach(), 3, 2, True,
           True)),
+        # inference only (no autograd), like na2d_fused
+        ('ghost_head_softmax_aggregate', ops.ghost_head_softmax_aggregate.default,
+         (gv.detach(), _t(2, 3, 9, 5, 6), _t(27), None, gadd.detach(), 3, 2)),
     ]
 
 
 @needs_ext
-@pytest.mark.parametrize('case', range(13), ids=[c[0] for c in _opcheck_cases()])
+@pytest.mark.parametrize('case', range(14), ids=[c[0] for c in _opcheck_cases()])
 def test_opcheck(case):
     # schema, fake kernel vs real kernel, autograd registration, AOT dispatch (dynamic shapes)
     _, op, args = _opcheck_cases()[case]

@@ -129,6 +129,15 @@ void check_ghost(const Tensor& v, const Tensor& attn, const OptTensor& mul, cons
   }
 }
 
+void check_ghost_logits_bias(const Tensor& logits, const OptTensor& bias) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == logits.size(1) * logits.size(2),
+              "ghost_head_softmax_aggregate: logits_bias must be (G*k*k,) = (",
+              logits.size(1) * logits.size(2), ",), got ", bias->sizes());
+  TORCH_CHECK(bias->scalar_type() == logits.scalar_type() && bias->device() == logits.device(),
+              "ghost_head_softmax_aggregate: logits_bias must share dtype and device with v");
+}
+
 }  // namespace mmattn
 
 TORCH_LIBRARY(mmattn, m) {
@@ -158,6 +167,10 @@ TORCH_LIBRARY(mmattn, m) {
   m.def("ghost_head_aggregate_backward(Tensor grad, Tensor v, Tensor attn, Tensor? ghost_mul, "
         "Tensor? ghost_add, int kernel_size, int dilation, bool with_mul, bool with_add) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  // CPU only, no autograd (inference): ghost_head_aggregate of softmax(logits + logits_bias)
+  // over the taps, the softmax taken band by band inside the kernel
+  m.def("ghost_head_softmax_aggregate(Tensor v, Tensor logits, Tensor? logits_bias, "
+        "Tensor? ghost_mul, Tensor? ghost_add, int kernel_size, int dilation) -> Tensor");
 }
 
 // mmattn._C.cpu_kernels(): which build of the vectorised CPU kernels runs ("AVX512", "AVX2" or

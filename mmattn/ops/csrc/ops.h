@@ -24,6 +24,8 @@ void check_grouped_conv_weight_grad(const Tensor& grad, const Tensor& x, int64_t
                                     int64_t group_width);
 void check_ghost(const Tensor& v, const Tensor& attn, const OptTensor& mul, const OptTensor& add,
                  int64_t kernel_size, int64_t dilation);
+// logits_bias of ghost_head_softmax_aggregate (after check_ghost on v and logits): (G*k*k,).
+void check_ghost_logits_bias(const Tensor& logits, const OptTensor& bias);
 
 // An empty tensor stands for "no gradient" in the tuple results of the backward ops.
 inline Tensor none_like(const Tensor& t) { return at::empty({0}, t.options()); }

@@ -3,6 +3,8 @@
 //   out[b,c,i,j] = sum_{u,v} x[b,c,i+(u-r)d,j+(v-r)d] * (attn[b,g,u*k+v,i,j] * M[c,u,v] + S[c,u,v])
 //
 // Layout: x, out (B, C, H, W); attn (B, G, k*k, H, W); M, S (C, k, k), broadcast over the batch.
+// mmattn::ghost_head_softmax_aggregate (inference, no autograd) takes the logits instead of attn
+// and the softmax over the taps inside the kernel, band by band.
 // The kernels (ghost_vec.h) are vectorised along the contiguous W axis, built per CPU capability
 // and picked like na2d's. Each output element is written by one thread; the ghost-tensor
 // gradients are reduced per (batch, channel) by one thread each and then over the batch in a
@@ -28,7 +30,7 @@ namespace {
 template <typename T>
 struct GhostKernels {
   using Fn = void (*)(const GhostGeometry&, const GhostBuffers<T>&, int64_t, int64_t);
-  Fn forward, backward_x, backward_attn, backward_ghost;
+  Fn forward, forward_softmax, backward_x, backward_attn, backward_ghost;
 };
 
 template <typename T>
@@ -36,15 +38,18 @@ GhostKernels<T> ghost_kernels() {
   const CpuBuild build = cpu_build();
 #if defined(MMATTN_HAVE_AVX512)
   if (build == CpuBuild::AVX512)
-    return {&AVX512::ghost_forward_rows, &AVX512::ghost_backward_x_rows,
+    return {&AVX512::ghost_forward_rows, &AVX512::ghost_forward_softmax_rows,
+            &AVX512::ghost_backward_x_rows,
             &AVX512::ghost_backward_attn_rows, &AVX512::ghost_backward_ghost_rows};
 #endif
 #if defined(MMATTN_HAVE_AVX2)
   if (build == CpuBuild::AVX2)
-    return {&AVX2::ghost_forward_rows, &AVX2::ghost_backward_x_rows,
+    return {&AVX2::ghost_forward_rows, &AVX2::ghost_forward_softmax_rows,
+            &AVX2::ghost_backward_x_rows,
             &AVX2::ghost_backward_attn_rows, &AVX2::ghost_backward_ghost_rows};
 #endif
-  return {&DEFAULT::ghost_forward_rows, &DEFAULT::ghost_backward_x_rows,
+  return {&DEFAULT::ghost_forward_rows, &DEFAULT::ghost_forward_softmax_rows,
+          &DEFAULT::ghost_backward_x_rows,
           &DEFAULT::ghost_backward_attn_rows, &DEFAULT::ghost_backward_ghost_rows};
 }
 
@@ -66,22 +71,49 @@ Tensor ghost_or(const OptTensor& t, const Tensor& v, int64_t kk, double fill) {
 
 }  // namespace
 
-Tensor ghost_head_aggregate_cpu(const Tensor& v_in, const Tensor& attn_in, const OptTensor& mul_in,
-                                const OptTensor& add_in, int64_t kernel_size, int64_t dilation) {
+namespace {
+
+// The two forwards: the aggregation with the attention `attn_in`, or (softmax) with
+// softmax(attn_in + bias_in) over the taps, attn_in holding the logits.
+Tensor ghost_forward(const Tensor& v_in, const Tensor& attn_in, const OptTensor& bias_in,
+                     const OptTensor& mul_in, const OptTensor& add_in, int64_t kernel_size,
+                     int64_t dilation, bool softmax) {
   check_ghost(v_in, attn_in, mul_in, add_in, kernel_size, dilation);
+  if (softmax) check_ghost_logits_bias(attn_in, bias_in);
   const Tensor v = compute_dtype(v_in), attn = compute_dtype(attn_in);
-  const OptTensor mul = compute_dtype(mul_in), add = compute_dtype(add_in);
+  const OptTensor bias = compute_dtype(bias_in), mul = compute_dtype(mul_in),
+                  add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor out = at::empty_like(v);
   const Tensor m = ghost_or(mul, v, g.kk(), 1.0), a = ghost_or(add, v, g.kk(), 0.0);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_cpu", [&] {
     GhostBuffers<scalar_t> p;
     p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
+    p.attn_bias = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
     p.mul = m.data_ptr<scalar_t>(), p.add = a.data_ptr<scalar_t>();
     p.out = out.data_ptr<scalar_t>();
-    run<scalar_t>(ghost_kernels<scalar_t>().forward, g.B * g.G * g.bands(), g, p);
+    const GhostKernels<scalar_t> kn = ghost_kernels<scalar_t>();
+    run<scalar_t>(softmax ? kn.forward_softmax : kn.forward, g.B * g.G * g.bands(), g, p);
   });
   return out.to(v_in.scalar_type());
+}
+
+}  // namespace
+
+Tensor ghost_head_aggregate_cpu(const Tensor& v_in, const Tensor& attn_in, const OptTensor& mul_in,
+                                const OptTensor& add_in, int64_t kernel_size, int64_t dilation) {
+  return ghost_forward(v_in, attn_in, std::nullopt, mul_in, add_in, kernel_size, dilation, false);
+}
+
+// ghost_head_aggregate_cpu of softmax(logits + logits_bias) over the taps (dim 2), with no
+// attention tensor: each band item takes the softmax of its rows into a buffer of its own
+// (ghost_vec.h, forward_softmax_rows). Inference only (no autograd; mmattn.ops.
+// ghost_head_softmax_aggregate calls it where no gradient is needed).
+Tensor ghost_head_softmax_aggregate_cpu(const Tensor& v_in, const Tensor& logits_in,
+                                        const OptTensor& bias_in, const OptTensor& mul_in,
+                                        const OptTensor& add_in, int64_t kernel_size,
+                                        int64_t dilation) {
+  return ghost_forward(v_in, logits_in, bias_in, mul_in, add_in, kernel_size, dilation, true);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
@@ -132,4 +164,5 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
 TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("ghost_head_aggregate", &mmattn::cpu::ghost_head_aggregate_cpu);
   m.impl("ghost_head_aggregate_backward", &mmattn::cpu::ghost_head_aggregate_backward_cpu);
+  m.impl("ghost_head_softmax_aggregate", &mmattn::cpu::ghost_head_softmax_aggregate_cpu);
 }

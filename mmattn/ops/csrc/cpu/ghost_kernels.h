@@ -25,7 +25,8 @@ struct GhostGeometry {
 template <typename T>
 struct GhostBuffers {
   const T* x = nullptr;     // v (B, C, H, W)
-  const T* attn = nullptr;  // (B, G, k*k, H, W)
+  const T* attn = nullptr;  // (B, G, k*k, H, W); the logits for forward_softmax
+  const T* attn_bias = nullptr;  // forward_softmax: (G, k*k) bias of the logits, or null
   const T* grad = nullptr;  // d_out (B, C, H, W)
   // M and S (C, k, k), ones and zeros when the op was given none; for d_x, mirrored over the
   // taps (M[c, k*k - 1 - s]); for d_attn, M is null when the op was given none
@@ -40,11 +41,14 @@ struct GhostBuffers {
 };
 
 // Work items: the (B*G*bands()) bands of kBandRows output rows of one (batch, head group), all
-// channels of the group, for the forward, d_x and d_attn; backward_ghost: the
-// (B*G*ghost_blocks()) blocks of kGhostItemChannels channels of one group, for the per-batch
-// partial sums of d_M and d_S.
+// channels of the group, for the forward (ghost_forward_softmax_rows: the forward of
+// softmax(logits + bias) over the taps, attn holding the logits), d_x and d_attn;
+// backward_ghost: the (B*G*ghost_blocks()) blocks of kGhostItemChannels channels of one group,
+// for the per-batch partial sums of d_M and d_S.
 #define MMATTN_GHOST_KERNEL_DECLS(T)                                                       \
   void ghost_forward_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t, int64_t);  \
+  void ghost_forward_softmax_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,   \
+                                  int64_t);                                                \
   void ghost_backward_x_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,        \
                              int64_t);                                                     \
   void ghost_backward_attn_rows(const GhostGeometry&, const GhostBuffers<T>&, int64_t,     \

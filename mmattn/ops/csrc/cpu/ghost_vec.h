@@ -7,7 +7,8 @@
 // group) for the ghost-tensor gradients. An item first copies the rows of x (or d_out) it reads
 // into zero-padded scratch planes (pad r*d on every side), so that every tap is an unmasked,
 // shifted load and the image border needs no test. d_x is the forward's aggregation of d_out
-// with the taps mirrored.
+// with the taps mirrored. The inference forward of softmax(logits + bias) (no attention tensor)
+// first takes the softmax of its band's logits into a band buffer, then aggregates from it.
 //
 // Register blocks: the forward keeps the outputs of CB channels x NV vectors of one row in
 // registers over all k*k taps, and each loaded attention vector feeds the CB channels; d_attn
@@ -146,17 +147,17 @@ inline void aggregate_last_chunk(const GhostGeometry& g, const PadPlanes& pp, co
 }
 
 // Rows [0, rows) of the band for CB channels; xpad: their padded planes (PadPlanes), attn: tap 0
-// at band row 0, column 0; out: channel 0 at band row 0.
+// at band row 0, column 0, rows attn_row apart; out: channel 0 at band row 0.
 template <typename T, int CB>
 void aggregate_band(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
-                    const T* xpad, const T* attn, int64_t tap_stride, const T* mul, const T* add,
-                    T* out, int64_t rows) {
+                    const T* xpad, const T* attn, int64_t tap_stride, int64_t attn_row,
+                    const T* mul, const T* add, T* out, int64_t rows) {
   constexpr int64_t L = Vectorized<T>::size(), chunk = kMaxVectors * L;
   const int64_t HW = g.H * g.W;
   const int64_t full = g.W / chunk * chunk, rest = g.W - full;
   for (int64_t t = 0; t < rows; ++t) {
     const T* xt = xpad + t * pp.Wp;
-    const T* at = attn + t * g.W;
+    const T* at = attn + t * attn_row;
     T* ot = out + t * g.W;
     for (int64_t j0 = 0; j0 < full; j0 += chunk)
       aggregate_chunk<T, CB, kMaxVectors, false>(g, pp, off, xt + j0, at + j0, tap_stride, mul,
@@ -184,11 +185,11 @@ struct AggregateScratch {
 
 // The aggregation of one band item over all channels of its group, reading x from `src`
 // (forward: x; d_x: d_out) and the attention of tap s at band row t from
-// attn + s * tap_stride + t * W.
+// attn + s * tap_stride + t * attn_row.
 template <typename T>
 void aggregate_item(const GhostGeometry& g, AggregateScratch<T>& sc, const BandItem& it,
-                    const T* src, const T* attn, int64_t tap_stride, const T* mul, const T* add,
-                    T* out) {
+                    const T* src, const T* attn, int64_t tap_stride, int64_t attn_row,
+                    const T* mul, const T* add, T* out) {
   const PadPlanes& pp = sc.pp;
   T* xpad = sc.xpad.data();
   const int64_t* off = sc.off.data();
@@ -201,11 +202,12 @@ void aggregate_item(const GhostGeometry& g, AggregateScratch<T>& sc, const BandI
     T* o = out + (it.b * g.C + c0) * HW + it.i0 * g.W;
     const T *m = mul + c0 * kk, *a = add + c0 * kk;
     if (cb == kChannels) {
-      aggregate_band<T, kChannels>(g, pp, off, xpad, attn, tap_stride, m, a, o, it.rows);
+      aggregate_band<T, kChannels>(g, pp, off, xpad, attn, tap_stride, attn_row, m, a, o,
+                                   it.rows);
     } else {
       for (int64_t c = 0; c < cb; ++c)
-        aggregate_band<T, 1>(g, pp, off, xpad + c * pp.plane, attn, tap_stride, m + c * kk,
-                             a + c * kk, o + c * HW, it.rows);
+        aggregate_band<T, 1>(g, pp, off, xpad + c * pp.plane, attn, tap_stride, attn_row,
+                             m + c * kk, a + c * kk, o + c * HW, it.rows);
     }
   }
 }
@@ -217,7 +219,77 @@ void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, 
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     const T* attn = p.attn + (it.b * g.G + it.grp) * g.kk() * HW + it.i0 * g.W;
-    aggregate_item(g, sc, it, p.x, attn, HW, p.mul, p.add, p.out);
+    aggregate_item(g, sc, it, p.x, attn, HW, g.W, p.mul, p.add, p.out);
+  }
+}
+
+// The softmax over the taps of one vector of pixels (`lanes` of it when kTail), with the bias
+// bias[s] (when not null) added to tap s's logits first:
+//   dst[s] = exp(z[s] - max z) / sum_s' exp(z[s'] - max z),  z[s] = logits[s] + bias[s]
+// logits: tap 0 at the vector, taps tap_stride apart; dst: taps dst_stride apart. vexp clamps
+// its argument at -87, so a -inf logit among finite ones weighs exp(-87) / sum (< 2e-38 of the
+// largest weight) instead of 0; NaN propagates, and all -inf logits give NaN, as torch.softmax.
+template <typename T, bool kTail>
+inline void softmax_vector(int64_t kk, const T* logits, int64_t tap_stride, const T* bias, T* dst,
+                           int64_t dst_stride, const Lanes<T>& lanes) {
+  using V = Vectorized<T>;
+  auto z = [&](int64_t s) {
+    const T* p = logits + s * tap_stride;
+    const V x = kTail ? lanes.load(p) : V::loadu(p);
+    return bias ? x + V(bias[s]) : x;
+  };
+  V mx = z(0);
+  for (int64_t s = 1; s < kk; ++s) mx = at::vec::maximum(mx, z(s));
+  V sum(T(0));
+  for (int64_t s = 0; s < kk; ++s) {
+    const V e = vexp<T>(z(s) - mx);
+    sum = sum + e;
+    e.store(dst + s * dst_stride);  // dst rows have room for a whole vector (softmax_band)
+  }
+  const V inv = V(T(1)) / sum;
+  for (int64_t s = 0; s < kk; ++s) {
+    T* p = dst + s * dst_stride;
+    (V::loadu(p) * inv).store(p);
+  }
+}
+
+// The softmax over the taps of one band item's rows: logits (tap 0 at band row 0, taps HW
+// apart, rows W apart) and bias (the group's k*k values, or null) to dst, k*k planes of
+// kBandRows rows of Ws floats (Ws: W rounded up to whole vectors, so the tail vector's lanes
+// past W land in the row's padding).
+template <typename T>
+void softmax_band(const GhostGeometry& g, const T* logits, const T* bias, int64_t rows,
+                  int64_t Ws, T* dst) {
+  constexpr int64_t L = Vectorized<T>::size();
+  const int64_t HW = g.H * g.W, full = g.W / L * L, plane = kBandRows * Ws;
+  const Lanes<T> lanes(full < g.W ? g.W - full : 1);
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* lt = logits + t * g.W;
+    T* dt = dst + t * Ws;
+    for (int64_t j0 = 0; j0 < full; j0 += L)
+      softmax_vector<T, false>(g.kk(), lt + j0, HW, bias, dt + j0, plane, lanes);
+    if (full < g.W)
+      softmax_vector<T, true>(g.kk(), lt + full, HW, bias, dt + full, plane, lanes);
+  }
+}
+
+// The forward of softmax(logits + bias) over the taps: each band item takes the softmax of its
+// rows' logits into a band buffer (kept in the L1/L2 caches) and aggregates from there, so the
+// attention never makes a trip through memory. The bits equal those of ghost_forward_rows on
+// the buffer's attention.
+template <typename T>
+void forward_softmax_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,
+                          int64_t r1) {
+  constexpr int64_t L = Vectorized<T>::size();
+  AggregateScratch<T> sc(g);
+  const int64_t HW = g.H * g.W, kk = g.kk(), Ws = (g.W + L - 1) / L * L;
+  Scratch<T> attn(kk * kBandRows * Ws);
+  for (int64_t item = r0; item < r1; ++item) {
+    const BandItem it = band_item(g, item);
+    const T* logits = p.attn + (it.b * g.G + it.grp) * kk * HW + it.i0 * g.W;
+    softmax_band(g, logits, p.attn_bias ? p.attn_bias + it.grp * kk : nullptr, it.rows, Ws,
+                 attn.data());
+    aggregate_item(g, sc, it, p.x, attn.data(), kBandRows * Ws, Ws, p.mul, p.add, p.out);
   }
 }
 
@@ -254,7 +326,7 @@ void backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     mirrored_attention(g, p.attn + (it.b * g.G + it.grp) * g.kk() * HW, it, mirrored.data());
-    aggregate_item(g, sc, it, p.grad, mirrored.data(), band, p.mul, p.add, p.out);
+    aggregate_item(g, sc, it, p.grad, mirrored.data(), band, g.W, p.mul, p.add, p.out);
   }
 }
 
@@ -505,6 +577,10 @@ void backward_ghost_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64
   void ghost_forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,      \
                           int64_t r1) {                                                      \
     forward_rows<T>(g, p, r0, r1);                                                           \
+  }                                                                                          \
+  void ghost_forward_softmax_rows(const GhostGeometry& g, const GhostBuffers<T>& p,           \
+                                  int64_t r0, int64_t r1) {                                  \
+    forward_softmax_rows<T>(g, p, r0, r1);                                                   \
   }                                                                                          \
   void ghost_backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0,   \
                              int64_t r1) {                                                   \

@@ -239,51 +239,6 @@ inline void gather_pair(const Tap<T>* taps0, int64_t n0, const Tap2<T>* taps2, i
   gather<T, RPE, true>(taps1, n1, sh, c0, Wp, nc, acc1);
 }
 
-// exp of the softmax's x - max <= 0 (-inf on invalid slots, which the caller blends to 0).
-// AVX-512 and AVX2 float: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 in
-// [-ln2/2, ln2/2], exp(r) by the degree-5 polynomial of ATen's exp_u20, and 2^n by vscalefps
-// (AVX-512) or built in the exponent field (AVX2; n >= -126 after the clamp, so it stays normal):
-// 11 and 12 instructions instead of exp_u20's 18 and 19, since x <= 0 needs no overflow branch.
-// x is clamped at -87 (exp > the smallest normal float, so no denormals reach the aggregation);
-// NaN propagates (max(c, NaN) is NaN).
-template <typename T>
-inline Vectorized<T> vexp(const Vectorized<T>& x) {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    using V = Vectorized<float>;
-#if defined(CPU_CAPABILITY_AVX512)
-    const V v = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
-#else
-    const V v = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
-#endif
-#if defined(CPU_CAPABILITY_AVX512)
-    const V n = (v * V(1.44269504f)).round();
-#else
-    // n by the magic-number rounding: t = v log2 e + 1.5 * 2^23 + 127 rounds to an integer (its
-    // ulp is 1), whose low mantissa bits hold n + 127, the exponent field of 2^n below
-    const V t = at::vec::fmadd(v, V(1.44269504f), V(12583039.0f));
-    const V n = t - V(12583039.0f);
-#endif
-    V r = at::vec::fmadd(n, V(-0.693359375f), v);  // ln 2 = hi + lo (Cody-Waite)
-    r = at::vec::fmadd(n, V(2.12194440e-4f), r);
-    V y = at::vec::fmadd(r, V(0.00828929059f), V(0.0418978221f));
-    y = at::vec::fmadd(r, y, V(0.166676521f));
-    y = at::vec::fmadd(r, y, V(0.499991506f));
-    y = at::vec::fmadd(r, y, V(0.999999701f));
-    y = at::vec::fmadd(r, y, V(1.0f));
-#if defined(CPU_CAPABILITY_AVX512)
-    return _mm512_scalef_ps(y, n);
-#else
-    // t's bits are those of 1.5 * 2^23 plus n + 127 in 1..127: shifted 23 places, n + 127 is
-    // the exponent field and the rest leaves the word
-    return y * V(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
-#endif
-  }
-#endif
-  if constexpr (std::is_same_v<T, float>) return x.exp_u20();
-  else return x.exp();
-}
-
 // Lanes j0..j0+L-1 whose tap at column offset `shift` lies in [0, W): an all-ones mask.
 template <typename T>
 inline Vectorized<T> column_mask(int64_t j0, int64_t shift, int64_t W) {
