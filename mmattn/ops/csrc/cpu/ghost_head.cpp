@@ -63,10 +63,16 @@ GhostGeometry ghost_geometry(const Tensor& v, const Tensor& attn, int64_t k, int
   return {v.size(0), v.size(1), attn.size(1), v.size(2), v.size(3), k, d};
 }
 
-// M and S as the kernels read them: (C, k*k), ones and zeros in place of a missing tensor.
-Tensor ghost_or(const OptTensor& t, const Tensor& v, int64_t kk, double fill) {
+// S as the kernels read it: (C, k*k), zeros in place of a missing tensor.
+Tensor add_or_zeros(const OptTensor& t, const Tensor& v, int64_t kk) {
   if (t.has_value() && t->defined()) return t->reshape({v.size(1), kk}).contiguous();
-  return at::full({v.size(1), kk}, fill, v.options());
+  return at::zeros({v.size(1), kk}, v.options());
+}
+
+// M as the kernels read it: (C, k*k), or none (a null pointer for the kernels) when missing.
+OptTensor mul_or_none(const OptTensor& t, const Tensor& v, int64_t kk) {
+  if (t.has_value() && t->defined()) return t->reshape({v.size(1), kk}).contiguous();
+  return std::nullopt;
 }
 
 }  // namespace
@@ -85,12 +91,13 @@ Tensor ghost_forward(const Tensor& v_in, const Tensor& attn_in, const OptTensor&
                   add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor out = at::empty_like(v);
-  const Tensor m = ghost_or(mul, v, g.kk(), 1.0), a = ghost_or(add, v, g.kk(), 0.0);
+  const OptTensor m = mul_or_none(mul, v, g.kk());
+  const Tensor a = add_or_zeros(add, v, g.kk());
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_cpu", [&] {
     GhostBuffers<scalar_t> p;
     p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
     p.attn_bias = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
-    p.mul = m.data_ptr<scalar_t>(), p.add = a.data_ptr<scalar_t>();
+    p.mul = data_or_null<scalar_t>(m), p.add = a.data_ptr<scalar_t>();
     p.out = out.data_ptr<scalar_t>();
     const GhostKernels<scalar_t> kn = ghost_kernels<scalar_t>();
     run<scalar_t>(softmax ? kn.forward_softmax : kn.forward, g.B * g.G * g.bands(), g, p);
@@ -126,10 +133,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
   const OptTensor mul = compute_dtype(mul_in), add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
   Tensor dv = at::empty_like(v), dattn = at::empty_like(attn);
-  const Tensor m = ghost_or(mul, v, g.kk(), 1.0), a = ghost_or(add, v, g.kk(), 0.0);
-  const bool has_mul = mul.has_value() && mul->defined();
+  const OptTensor m = mul_or_none(mul, v, g.kk());
+  const Tensor a = add_or_zeros(add, v, g.kk());
   // d_x runs the forward's aggregation with the taps mirrored (ghost_vec.h)
-  const Tensor m_mirror = m.flip({1}).contiguous(), a_mirror = a.flip({1}).contiguous();
+  const OptTensor m_mirror =
+      m.has_value() ? OptTensor(m->flip({1}).contiguous()) : OptTensor(std::nullopt);
+  const Tensor a_mirror = a.flip({1}).contiguous();
   // (B, C, k, k) per-batch partials of the asked-for gradients, summed over b below
   Tensor dmul, dadd, part_mul, part_add;
   if (with_mul) part_mul = at::empty({g.B, g.C, g.k, g.k}, v.options());
@@ -139,11 +148,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ghost_head_aggregate_backward_cpu(
     GhostBuffers<scalar_t> p;
     p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
     p.grad = grad.data_ptr<scalar_t>();
-    p.mul = m_mirror.data_ptr<scalar_t>(), p.add = a_mirror.data_ptr<scalar_t>();
+    p.mul = data_or_null<scalar_t>(m_mirror), p.add = a_mirror.data_ptr<scalar_t>();
     p.out = dv.data_ptr<scalar_t>(), p.dattn = dattn.data_ptr<scalar_t>();
     run<scalar_t>(kn.backward_x, g.B * g.G * g.bands(), g, p);
     // d_attn: no M (null) when the op was given none, instead of multiplying by ones
-    p.mul = has_mul ? m.data_ptr<scalar_t>() : nullptr, p.add = a.data_ptr<scalar_t>();
+    p.mul = data_or_null<scalar_t>(m), p.add = a.data_ptr<scalar_t>();
     run<scalar_t>(kn.backward_attn, g.B * g.G * g.bands(), g, p);
     if (with_mul || with_add) {
       p.part_mul = with_mul ? part_mul.data_ptr<scalar_t>() : nullptr;

@@ -28,8 +28,8 @@ struct GhostBuffers {
   const T* attn = nullptr;  // (B, G, k*k, H, W); the logits for forward_softmax
   const T* attn_bias = nullptr;  // forward_softmax: (G, k*k) bias of the logits, or null
   const T* grad = nullptr;  // d_out (B, C, H, W)
-  // M and S (C, k, k), ones and zeros when the op was given none; for d_x, mirrored over the
-  // taps (M[c, k*k - 1 - s]); for d_attn, M is null when the op was given none
+  // M and S (C, k, k): M null and S zeros when the op was given none; for d_x, mirrored over
+  // the taps (M[c, k*k - 1 - s])
   const T* mul = nullptr;
   const T* add = nullptr;
   T* out = nullptr;         // forward out, or d_x

@@ -92,8 +92,10 @@ inline void tap_offsets(const GhostGeometry& g, const PadPlanes& pp, int64_t* of
 //   out[c][t][j] = sum_s xpad[c][t + u*d][j + v*d] * (attn(s)[t][j] * mul[c][s] + add[c][s])
 // with attn(s) = attn + s * tap_stride (xpad, attn and out at the chunk). kTail: only the first
 // `tail` lanes of the last vector lie inside the row (its attention is loaded masked, the other
-// lanes are not stored).
-template <typename T, int CB, int NV, bool kTail>
+// lanes are not stored). kMul false: no M (mul is not read), and each tap's weight is
+// attn + S, an addition, where attn * 1 + S took an FMA: the same bits, and on CPUs whose
+// additions run on their own units (AMD Zen) half the FMA units' work.
+template <typename T, int CB, int NV, bool kTail, bool kMul>
 inline void aggregate_chunk(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
                             const T* xpad, const T* attn, int64_t tap_stride, const T* mul,
                             const T* add, T* out, int64_t out_plane, int64_t tail) {
@@ -112,10 +114,12 @@ inline void aggregate_chunk(const GhostGeometry& g, const PadPlanes& pp, const i
       a[n] = in_register(kTail && n == NV - 1 ? lanes.load(ar + n * L) : V::loadu(ar + n * L));
     const T* xs = xpad + off[s];
     for (int c = 0; c < CB; ++c) {
-      const V m(mul[c * kk + s]), sv(add[c * kk + s]);
-      for (int n = 0; n < NV; ++n)
-        acc[c][n] = at::vec::fmadd(V::loadu(xs + c * pp.plane + n * L),
-                                   at::vec::fmadd(a[n], m, sv), acc[c][n]);
+      const V sv(add[c * kk + s]);
+      const V m(kMul ? mul[c * kk + s] : T(1));
+      for (int n = 0; n < NV; ++n) {
+        const V w = kMul ? at::vec::fmadd(a[n], m, sv) : a[n] + sv;
+        acc[c][n] = at::vec::fmadd(V::loadu(xs + c * pp.plane + n * L), w, acc[c][n]);
+      }
     }
   }
   for (int c = 0; c < CB; ++c)
@@ -128,28 +132,28 @@ inline void aggregate_chunk(const GhostGeometry& g, const PadPlanes& pp, const i
 }
 
 // The row's last chunk: `nv` vectors, the last of them with `tail` lanes (0: a full vector).
-template <typename T, int CB, int NV>
+template <typename T, int CB, int NV, bool kMul>
 inline void aggregate_last_chunk(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
                                  const T* xpad, const T* attn, int64_t tap_stride, const T* mul,
                                  const T* add, T* out, int64_t out_plane, int64_t nv,
                                  int64_t tail) {
   if constexpr (NV > 1) {
     if (nv < NV)
-      return aggregate_last_chunk<T, CB, NV - 1>(g, pp, off, xpad, attn, tap_stride, mul, add,
-                                                 out, out_plane, nv, tail);
+      return aggregate_last_chunk<T, CB, NV - 1, kMul>(g, pp, off, xpad, attn, tap_stride, mul,
+                                                       add, out, out_plane, nv, tail);
   }
   if (tail == 0)
-    aggregate_chunk<T, CB, NV, false>(g, pp, off, xpad, attn, tap_stride, mul, add, out,
-                                      out_plane, 0);
+    aggregate_chunk<T, CB, NV, false, kMul>(g, pp, off, xpad, attn, tap_stride, mul, add, out,
+                                            out_plane, 0);
   else
-    aggregate_chunk<T, CB, NV, true>(g, pp, off, xpad, attn, tap_stride, mul, add, out,
-                                     out_plane, tail);
+    aggregate_chunk<T, CB, NV, true, kMul>(g, pp, off, xpad, attn, tap_stride, mul, add, out,
+                                           out_plane, tail);
 }
 
 // Rows [0, rows) of the band for CB channels; xpad: their padded planes (PadPlanes), attn: tap 0
-// at band row 0, column 0, rows attn_row apart; out: channel 0 at band row 0.
-template <typename T, int CB>
-void aggregate_band(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
+// at band row 0, column 0, rows attn_row apart; out: channel 0 at band row 0; mul: null for no M.
+template <typename T, int CB, bool kMul>
+void aggregate_band_as(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
                     const T* xpad, const T* attn, int64_t tap_stride, int64_t attn_row,
                     const T* mul, const T* add, T* out, int64_t rows) {
   constexpr int64_t L = Vectorized<T>::size(), chunk = kMaxVectors * L;
@@ -160,13 +164,25 @@ void aggregate_band(const GhostGeometry& g, const PadPlanes& pp, const int64_t* 
     const T* at = attn + t * attn_row;
     T* ot = out + t * g.W;
     for (int64_t j0 = 0; j0 < full; j0 += chunk)
-      aggregate_chunk<T, CB, kMaxVectors, false>(g, pp, off, xt + j0, at + j0, tap_stride, mul,
-                                                 add, ot + j0, HW, 0);
+      aggregate_chunk<T, CB, kMaxVectors, false, kMul>(g, pp, off, xt + j0, at + j0, tap_stride,
+                                                       mul, add, ot + j0, HW, 0);
     if (rest > 0)
-      aggregate_last_chunk<T, CB, kMaxVectors>(g, pp, off, xt + full, at + full, tap_stride,
-                                               mul, add, ot + full, HW, (rest + L - 1) / L,
-                                               rest % L);
+      aggregate_last_chunk<T, CB, kMaxVectors, kMul>(g, pp, off, xt + full, at + full,
+                                                     tap_stride, mul, add, ot + full, HW,
+                                                     (rest + L - 1) / L, rest % L);
   }
+}
+
+template <typename T, int CB>
+void aggregate_band(const GhostGeometry& g, const PadPlanes& pp, const int64_t* off,
+                    const T* xpad, const T* attn, int64_t tap_stride, int64_t attn_row,
+                    const T* mul, const T* add, T* out, int64_t rows) {
+  if (mul)
+    aggregate_band_as<T, CB, true>(g, pp, off, xpad, attn, tap_stride, attn_row, mul, add, out,
+                                   rows);
+  else
+    aggregate_band_as<T, CB, false>(g, pp, off, xpad, attn, tap_stride, attn_row, mul, add, out,
+                                    rows);
 }
 
 // What the aggregation items of one thread share: the padded planes of kChannels channels and
@@ -200,14 +216,14 @@ void aggregate_item(const GhostGeometry& g, AggregateScratch<T>& sc, const BandI
     for (int64_t c = 0; c < cb; ++c)
       pad_plane(g, pp, src + (it.b * g.C + c0 + c) * HW, it.i0, xpad + c * pp.plane);
     T* o = out + (it.b * g.C + c0) * HW + it.i0 * g.W;
-    const T *m = mul + c0 * kk, *a = add + c0 * kk;
+    const T *m = mul ? mul + c0 * kk : nullptr, *a = add + c0 * kk;
     if (cb == kChannels) {
       aggregate_band<T, kChannels>(g, pp, off, xpad, attn, tap_stride, attn_row, m, a, o,
                                    it.rows);
     } else {
       for (int64_t c = 0; c < cb; ++c)
         aggregate_band<T, 1>(g, pp, off, xpad + c * pp.plane, attn, tap_stride, attn_row,
-                             m + c * kk, a + c * kk, o + c * HW, it.rows);
+                             m ? m + c * kk : nullptr, a + c * kk, o + c * HW, it.rows);
     }
   }
 }
