@@ -95,8 +95,9 @@ def ghost_head_softmax_aggregate(v: torch.Tensor, logits: torch.Tensor,
             logits = logits + logits_bias.view(1, G, kk, 1, 1)
         return ghost_head_aggregate(v, logits.softmax(dim=2), ghost_mul, ghost_add, kernel_size,
                                     dilation)
+    # (a channels-last v, ELSA's slice of the pre_proj output, is read in place)
     return torch.ops.mmattn.ghost_head_softmax_aggregate(
-        v.contiguous(), logits.contiguous(), logits_bias,
+        v, logits.contiguous(), logits_bias,
         None if ghost_mul is None else ghost_mul.contiguous(),
         None if ghost_add is None else ghost_add.contiguous(), kernel_size, dilation)
 
@@ -140,7 +141,7 @@ def _register() -> None:
 
     @lib.register_fake('mmattn::ghost_head_softmax_aggregate')
     def _softmax_fake(v, logits, logits_bias, ghost_mul, ghost_add, kernel_size, dilation):
-        return torch.empty_like(v)
+        return v.new_empty(v.shape)  # contiguous, whatever v's layout
 
     @lib.register_fake('mmattn::ghost_head_aggregate_backward')
     def _backward_fake(grad, v, attn, ghost_mul, ghost_add, kernel_size, dilation, with_mul,

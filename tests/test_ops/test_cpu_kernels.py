@@ -150,6 +150,15 @@ for (C, G, H, W, ks, d) in ((6, 2, 9, 17, 5, 1), (4, 4, 7, 23, 3, 2), (3, 1, 20,
         with torch.no_grad():
             out = ghost_head_softmax_aggregate(v, logits, bias, mul, add, ks, d)
             f32 = ghost_head_softmax_aggregate(*as32, ks, d).double()
+        if bias is None:  # v as ELSA's channel slice of a channels-last map, read in place
+            parent = torch.zeros(2, C + 5, H, W, dtype=torch.float64).contiguous(
+                memory_format=torch.channels_last)
+            parent[:, 2:2 + C] = v
+            with torch.no_grad():
+                sliced = ghost_head_softmax_aggregate(parent[:, 2:2 + C], logits, bias, mul,
+                                                      add, ks, d)
+            errors[f'ghost softmax channels-last slice C={C} {H}x{W} k={ks} d={d}'] = [
+                (sliced - expect).abs().max().item(), 0.0]
         errors[f'ghost softmax C={C} G={G} {H}x{W} k={ks} d={d} bias={bias is not None}'] = [
             (out - expect).abs().max().item(),
             ((f32 - expect).abs().max() / expect.abs().max()).item()]

@@ -72,6 +72,30 @@ def test_inference_kernel_matches_oracle(B, C, G, H, W, ks, dilation, bias, mul,
 
 
 @needs_ops
+@pytest.mark.parametrize('layout', ['channels-last', 'slice', 'slice-batch2', 'transposed'])
+def test_strided_values(layout):
+    """v as ELSA hands it over (a channel slice of a channels-last map, read in place with its
+    pixel stride), channels-last, and a layout that is neither (made contiguous first)."""
+    B = 2 if layout == 'slice-batch2' else 1
+    t = make(B, 6, 2, 9, 13, 3, mul=True, seed=9)
+    v = t['v']
+    if layout == 'channels-last':
+        view = v.contiguous(memory_format=torch.channels_last)
+    elif layout.startswith('slice'):
+        parent = torch.randn(B, 11, 9, 13, dtype=torch.float64).contiguous(
+            memory_format=torch.channels_last)
+        parent[:, 3:9] = v
+        view = parent[:, 3:9]
+        assert view.stride() == (9 * 13 * 11, 1, 13 * 11, 11)
+    else:
+        view = v.transpose(2, 3).contiguous().transpose(2, 3)
+    with torch.no_grad():
+        out = fused(dict(t, v=view), 3, 2)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, oracle(t, 3, 2), **FP64_TOL)
+
+
+@needs_ops
 @pytest.mark.parametrize('H, W', [(13, 17), (20, 37), (56, 56)])
 def test_float32_matches_float64_reference(H, W):
     """ELSA-Swin-T's first stage (56x56, 3 heads of 32 channels, k=7, S only, the 1x1 conv's

@@ -63,6 +63,16 @@ GhostGeometry ghost_geometry(const Tensor& v, const Tensor& attn, int64_t k, int
   return {v.size(0), v.size(1), attn.size(1), v.size(2), v.size(3), k, d};
 }
 
+// Whether the float (B, C, H, W) map t is laid out channels-last (channel stride 1, rows of W
+// pixels W pixel strides apart), possibly a channel slice of a wider map: pad_plane reads it
+// with its pixel stride.
+bool channels_last_map(const Tensor& t) {
+  const auto s = t.scalar_type();
+  return (s == at::kFloat || s == at::kDouble) && t.dim() == 4 && t.stride(1) == 1 &&
+         t.stride(3) >= t.size(1) && t.stride(2) == t.size(3) * t.stride(3) &&
+         !t.is_contiguous();
+}
+
 // S as the kernels read it: (C, k*k), zeros in place of a missing tensor.
 Tensor add_or_zeros(const OptTensor& t, const Tensor& v, int64_t kk) {
   if (t.has_value() && t->defined()) return t->reshape({v.size(1), kk}).contiguous();
@@ -86,16 +96,20 @@ Tensor ghost_forward(const Tensor& v_in, const Tensor& attn_in, const OptTensor&
                      int64_t dilation, bool softmax) {
   check_ghost(v_in, attn_in, mul_in, add_in, kernel_size, dilation);
   if (softmax) check_ghost_logits_bias(attn_in, bias_in);
-  const Tensor v = compute_dtype(v_in), attn = compute_dtype(attn_in);
+  // the softmax forward reads a channels-last v in place (ELSA's v, a channel slice of the
+  // channels-last pre_proj output), without the transposing copy to NCHW
+  const bool in_place = softmax && channels_last_map(v_in);
+  const Tensor v = in_place ? v_in : compute_dtype(v_in), attn = compute_dtype(attn_in);
   const OptTensor bias = compute_dtype(bias_in), mul = compute_dtype(mul_in),
                   add = compute_dtype(add_in);
   const GhostGeometry g = ghost_geometry(v, attn, kernel_size, dilation);
-  Tensor out = at::empty_like(v);
+  Tensor out = at::empty(v.sizes(), v.options());  // NCHW
   const OptTensor m = mul_or_none(mul, v, g.kk());
   const Tensor a = add_or_zeros(add, v, g.kk());
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ghost_head_aggregate_cpu", [&] {
     GhostBuffers<scalar_t> p;
     p.x = v.data_ptr<scalar_t>(), p.attn = attn.data_ptr<scalar_t>();
+    p.xs = in_place ? MapStrides{v.stride(0), v.stride(1), v.stride(3)} : g.nchw();
     p.attn_bias = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
     p.mul = data_or_null<scalar_t>(m), p.add = a.data_ptr<scalar_t>();
     p.out = out.data_ptr<scalar_t>();

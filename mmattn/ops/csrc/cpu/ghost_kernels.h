@@ -12,8 +12,14 @@ constexpr int64_t kBandRows = 8;
 // Channels per work item of the ghost-tensor gradients.
 constexpr int64_t kGhostItemChannels = 4;
 
+// Batch, channel and pixel strides of a (B, C, H, W) map.
+struct MapStrides {
+  int64_t b, c, p;
+};
+
 struct GhostGeometry {
   int64_t B, C, G, H, W, k, d;
+  MapStrides nchw() const { return {C * H * W, H * W, 1}; }
   int64_t kk() const { return k * k; }
   int64_t r() const { return k / 2; }
   int64_t cpg() const { return C / G; }
@@ -25,6 +31,9 @@ struct GhostGeometry {
 template <typename T>
 struct GhostBuffers {
   const T* x = nullptr;     // v (B, C, H, W)
+  // x's strides as the forwards read it (NCHW contiguous; the inference forward of the softmax
+  // also takes channels-last maps, channel stride 1); the backward kernels read x as NCHW
+  MapStrides xs{0, 0, 1};
   const T* attn = nullptr;  // (B, G, k*k, H, W); the logits for forward_softmax
   const T* attn_bias = nullptr;  // forward_softmax: (G, k*k) bias of the logits, or null
   const T* grad = nullptr;  // d_out (B, C, H, W)

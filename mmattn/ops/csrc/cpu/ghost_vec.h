@@ -52,19 +52,35 @@ struct PadPlanes {
   }
 };
 
+// The padded planes of n channels: src is channel 0's pixel (0, 0), channels cs apart, pixels ps
+// apart. NCHW (ps == 1): each plane's rows are copied whole; channels-last (cs == 1): the n
+// channels of a pixel are read together, each pixel's cache line once.
+template <typename T>
+void pad_planes(const GhostGeometry& g, const PadPlanes& pp, const T* src, int64_t cs,
+                int64_t ps, int64_t n, int64_t i0, T* dst) {
+  for (int64_t t = 0; t < pp.rows; ++t) {
+    const int64_t i = i0 - pp.pad + t;
+    for (int64_t c = 0; c < n; ++c) {
+      T* row = dst + c * pp.plane + t * pp.Wp;
+      if (i < 0 || i >= g.H) {
+        std::memset(row, 0, sizeof(T) * pp.Wp);
+        continue;
+      }
+      std::memset(row, 0, sizeof(T) * pp.pad);
+      if (ps == 1) std::memcpy(row + pp.pad, src + c * cs + i * g.W, sizeof(T) * g.W);
+      std::memset(row + pp.pad + g.W, 0, sizeof(T) * pp.pad);
+    }
+    if (ps == 1 || i < 0 || i >= g.H) continue;
+    const T* s = src + i * g.W * ps;
+    T* d = dst + t * pp.Wp + pp.pad;
+    for (int64_t j = 0; j < g.W; ++j)
+      for (int64_t c = 0; c < n; ++c) d[c * pp.plane + j] = s[j * ps + c * cs];
+  }
+}
+
 template <typename T>
 void pad_plane(const GhostGeometry& g, const PadPlanes& pp, const T* src, int64_t i0, T* dst) {
-  for (int64_t t = 0; t < pp.rows; ++t) {
-    T* row = dst + t * pp.Wp;
-    const int64_t i = i0 - pp.pad + t;
-    if (i < 0 || i >= g.H) {
-      std::memset(row, 0, sizeof(T) * pp.Wp);
-      continue;
-    }
-    std::memset(row, 0, sizeof(T) * pp.pad);
-    std::memcpy(row + pp.pad, src + i * g.W, sizeof(T) * g.W);
-    std::memset(row + pp.pad + g.W, 0, sizeof(T) * pp.pad);
-  }
+  pad_planes(g, pp, src, 0, 1, 1, i0, dst);
 }
 
 template <typename T>
@@ -200,12 +216,12 @@ struct AggregateScratch {
 };
 
 // The aggregation of one band item over all channels of its group, reading x from `src`
-// (forward: x; d_x: d_out) and the attention of tap s at band row t from
-// attn + s * tap_stride + t * attn_row.
+// (forward: x; d_x: d_out; batch, channel and pixel strides in `ss`) and the attention of tap s
+// at band row t from attn + s * tap_stride + t * attn_row.
 template <typename T>
 void aggregate_item(const GhostGeometry& g, AggregateScratch<T>& sc, const BandItem& it,
-                    const T* src, const T* attn, int64_t tap_stride, int64_t attn_row,
-                    const T* mul, const T* add, T* out) {
+                    const T* src, const MapStrides& ss, const T* attn, int64_t tap_stride,
+                    int64_t attn_row, const T* mul, const T* add, T* out) {
   const PadPlanes& pp = sc.pp;
   T* xpad = sc.xpad.data();
   const int64_t* off = sc.off.data();
@@ -213,8 +229,7 @@ void aggregate_item(const GhostGeometry& g, AggregateScratch<T>& sc, const BandI
   const int64_t c_end = (it.grp + 1) * g.cpg();
   for (int64_t c0 = it.grp * g.cpg(); c0 < c_end; c0 += kChannels) {
     const int64_t cb = std::min<int64_t>(kChannels, c_end - c0);
-    for (int64_t c = 0; c < cb; ++c)
-      pad_plane(g, pp, src + (it.b * g.C + c0 + c) * HW, it.i0, xpad + c * pp.plane);
+    pad_planes(g, pp, src + it.b * ss.b + c0 * ss.c, ss.c, ss.p, cb, it.i0, xpad);
     T* o = out + (it.b * g.C + c0) * HW + it.i0 * g.W;
     const T *m = mul ? mul + c0 * kk : nullptr, *a = add + c0 * kk;
     if (cb == kChannels) {
@@ -235,7 +250,7 @@ void forward_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r0, 
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     const T* attn = p.attn + (it.b * g.G + it.grp) * g.kk() * HW + it.i0 * g.W;
-    aggregate_item(g, sc, it, p.x, attn, HW, g.W, p.mul, p.add, p.out);
+    aggregate_item(g, sc, it, p.x, p.xs, attn, HW, g.W, p.mul, p.add, p.out);
   }
 }
 
@@ -305,7 +320,7 @@ void forward_softmax_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int6
     const T* logits = p.attn + (it.b * g.G + it.grp) * kk * HW + it.i0 * g.W;
     softmax_band(g, logits, p.attn_bias ? p.attn_bias + it.grp * kk : nullptr, it.rows, Ws,
                  attn.data());
-    aggregate_item(g, sc, it, p.x, attn.data(), kBandRows * Ws, Ws, p.mul, p.add, p.out);
+    aggregate_item(g, sc, it, p.x, p.xs, attn.data(), kBandRows * Ws, Ws, p.mul, p.add, p.out);
   }
 }
 
@@ -342,7 +357,7 @@ void backward_x_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_t r
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     mirrored_attention(g, p.attn + (it.b * g.G + it.grp) * g.kk() * HW, it, mirrored.data());
-    aggregate_item(g, sc, it, p.grad, mirrored.data(), band, g.W, p.mul, p.add, p.out);
+    aggregate_item(g, sc, it, p.grad, g.nchw(), mirrored.data(), band, g.W, p.mul, p.add, p.out);
   }
 }
 
