@@ -27,9 +27,10 @@ KEYS = ('CPU', 'CUDA')
 # ops with a CPU kernel only: the fused training pass of the CPU kernels, whose saved
 # probabilities are in their strip layout (CUDA training runs na2d_qk -> softmax -> na2d_av),
 # ELSA's grouped convolution, which runs cuDNN's convolution on GPUs, and ELSA's softmax inside
-# the ghost aggregation (CUDA runs softmax -> ghost_head_aggregate)
+# the ghost aggregation (CUDA runs softmax -> ghost_head_aggregate), and the grouped convolution
+# of the Hadamard product with its GELU
 CPU_ONLY = ('na2d_fused_train', 'na2d_fused_train_backward', 'grouped_conv2d',
-            'grouped_conv2d_weight_grad', 'ghost_head_softmax_aggregate')
+            'grouped_conv2d_weight_grad', 'ghost_head_softmax_aggregate', 'hadamard_conv_gelu')
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ import torch.nn as nn
 from mmcv.cnn.bricks import DropPath
 
 from mmattn.ops import (capturing_graph, ghost_head_aggregate, ghost_head_softmax_aggregate,
-                        grouped_conv2d)
+                        grouped_conv2d, hadamard_conv_gelu)
 from mmattn.ops.ghost_head import softmax_fusion_runs
 
 from .blocks import Mlp, TokenBlock
@@ -163,10 +163,15 @@ class ELSAAttention(nn.Module):
         b, h, w, _ = x.shape
         q, k, v = self.pre_proj(x.permute(0, 3, 1, 2)).split(
             [self.dim_qk, self.dim_qk, self.dim], dim=1)
-        hadamard = q * k if self.scale == 1 else q * k * self.scale
-        # attn.0 through grouped_conv2d: mmattn's CPU kernel where it is faster than mkldnn's
-        conv = self.attn[0]
-        hidden = self.attn[1](grouped_conv2d(hadamard, conv.weight, conv.bias, self.dilation))
+        # attn.0 through grouped_conv2d: mmattn's CPU kernel where it is faster than mkldnn's;
+        # with attn.1 the exact GELU, in one pass with the product q * k (hadamard_conv_gelu)
+        conv, act = self.attn[0], self.attn[1]
+        if type(act) is nn.GELU and act.approximate == 'none':
+            weight = conv.weight if self.scale == 1 else conv.weight * self.scale
+            hidden = hadamard_conv_gelu(q, k, weight, conv.bias, self.dilation)
+        else:
+            hadamard = q * k if self.scale == 1 else q * k * self.scale
+            hidden = act(grouped_conv2d(hadamard, conv.weight, conv.bias, self.dilation))
         mul, add = self.ghost_tensors()
         # the ops take one dtype: everything follows v (autocast regions mix dtypes)
         dtype = v.dtype

@@ -75,6 +75,30 @@ def grouped_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return torch.ops.mmattn.grouped_conv2d(x, weight, bias)
 
 
+def hadamard_conv_gelu(q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor,
+                       bias: Optional[torch.Tensor] = None, dilation: int = 1) -> torch.Tensor:
+    """``F.gelu(grouped_conv2d(q * k, weight, bias, dilation))``: ELSA's Hadamard attention up to
+    its last 1x1 conv (``attn.0`` and ``attn.1`` on ``q * k``).
+
+    Where no gradient is asked for and :func:`grouped_conv2d` runs its kernel (CPU, float32, 4
+    channels per group, no dilation), ``mmattn::hadamard_conv_gelu`` multiplies q and k as the
+    row kernel loads them (reading the channel slices of ELSA's channels-last ``pre_proj``
+    output in place) and applies GELU as it stores: neither ``q * k`` nor the convolution's
+    output goes through memory. Anywhere else it computes the composition, differentiably.
+    """
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f'hadamard_conv_gelu: q and k must be (B, C, H, W) of one shape, got '
+                         f'{tuple(q.shape)} and {tuple(k.shape)}')
+    tensors = (q, k, weight, bias)
+    fused = (_use_kernel(q, weight, dilation) and k.dtype == q.dtype and k.device == q.device
+             and (bias is None or bias.dtype == q.dtype)
+             and not (torch.is_grad_enabled()
+                      and any(t is not None and t.requires_grad for t in tensors)))
+    if not fused:
+        return F.gelu(grouped_conv2d(q * k, weight, bias, dilation))
+    return torch.ops.mmattn.hadamard_conv_gelu(q, k, weight, bias)
+
+
 def _register() -> None:
     """Fake kernel and autograd of ``mmattn::grouped_conv2d`` (once, on first import)."""
     lib = torch.library
@@ -87,6 +111,10 @@ def _register() -> None:
         x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+
+    @lib.register_fake('mmattn::hadamard_conv_gelu')
+    def _hadamard_fake(q, k, weight, bias):
+        return torch.empty_like(q, memory_format=torch.channels_last)
 
     @lib.register_fake('mmattn::grouped_conv2d_weight_grad')
     def _weight_grad_fake(grad, x, kernel_size, group_width, with_bias):

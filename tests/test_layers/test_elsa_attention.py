@@ -126,6 +126,11 @@ def test_block_matches_spec_rebuild_fp32_official_shapes():
                           heads=3, k=7, dim_qk=64, group_width=4, scale=1., lam=0, gamma=1.)
     scale = ref.abs().max().item()
     torch.testing.assert_close(block(x, (14, 13)).double(), ref, rtol=1e-5, atol=1e-5 * scale)
+    # inference: hadamard_conv_gelu and ghost_head_softmax_aggregate run their fused kernels
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, (14, 13)).double(), ref, rtol=1e-5,
+                                   atol=1e-5 * scale)
 
 
 def test_official_parameter_shapes():

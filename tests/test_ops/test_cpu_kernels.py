@@ -24,7 +24,7 @@ CHILD = r'''
 import json, sys, torch
 from mmattn import _C
 from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,
-                        ghost_head_softmax_aggregate, na2d, na2d_reference)
+                        ghost_head_softmax_aggregate, hadamard_conv_gelu, na2d, na2d_reference)
 
 torch.manual_seed(0)
 errors = {}
@@ -172,6 +172,20 @@ for (C, H, W, ks) in ((8, 5, 13, 7), (16, 6, 8, 3), (24, 4, 23, 9), (8, 7, 3, 5)
             lambda x, w, b: torch.nn.functional.conv2d(x, w, b, padding=ks // 2,
                                                        groups=C // 4),
             [x, rnd(C, 4, ks, ks), rnd(C)])
+
+# GELU of the convolution of q * k (ELSA's inference): q and k channel slices of one channels-last
+# map; the AVX2 row kernel with the product and GELU inside where it runs (the AVX2 and AVX512
+# builds), the composition in the DEFAULT build
+for (C, H, W, ks) in ((8, 5, 13, 7), (16, 6, 8, 3), (24, 4, 23, 9)):
+    parent = rnd(2, 2 * C + 3, H, W).contiguous(memory_format=torch.channels_last)
+    q, k = parent[:, :C], parent[:, C + 3:]
+    w, b = rnd(C, 4, ks, ks) / ks, rnd(C)
+    expect = torch.nn.functional.gelu(torch.nn.functional.conv2d(q * k, w, b, padding=ks // 2,
+                                                                 groups=C // 4))
+    with torch.no_grad():
+        f32 = hadamard_conv_gelu(q.float(), k.float(), w.float(), b.float()).double()
+    errors[f'hadamard conv gelu C={C} {H}x{W} k={ks}'] = [
+        0.0, ((f32 - expect).abs().max() / expect.abs().max()).item()]
 
 # its weight and bias gradients in float32 (the AVX2 kernel: blocks of 3 and 2 window columns, two
 # images summed; the scalar loop in the DEFAULT build) against float64 autograd of F.conv2d

@@ -285,3 +285,97 @@ def test_op_checks_its_arguments():
         torch.ops.mmattn.grouped_conv2d(x, torch.randn(16, 4, 3, 3), torch.randn(8))
     with pytest.raises(RuntimeError, match='share dtype'):
         torch.ops.mmattn.grouped_conv2d(x, torch.randn(16, 4, 3, 3).double(), None)
+
+
+# --------------------------------------------------------------------------------------------
+# hadamard_conv_gelu: GELU(grouped_conv2d(q * k)), ELSA's attn.0 and attn.1 in inference
+# --------------------------------------------------------------------------------------------
+def _qk_slices(B, C, H, W, seed=0, dtype=torch.float32):
+    """q and k as ELSA hands them over: channel slices of one channels-last map (pixel stride
+    2*C + 3)."""
+    g = torch.Generator().manual_seed(seed)
+    parent = torch.randn(B, 2 * C + 3, H, W, generator=g, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    return parent[:, :C], parent[:, C + 3:]
+
+
+def _hadamard_ref(q, k, w, b):
+    return F.gelu(_conv_ref(q.double() * k.double(), w, b))
+
+
+@pytest.mark.parametrize('k', [3, 5, 7, 9])
+@pytest.mark.parametrize('B,C,H,W', [(1, 8, 6, 13), (2, 16, 5, 4), (1, 64, 9, 56), (1, 8, 3, 1)],
+                         ids=str)
+def test_hadamard_conv_gelu_matches_the_composition(B, C, H, W, k):
+    """float32 against float64 F.gelu(F.conv2d(q * k)): slices read in place, every narrower last
+    block of 8 columns, bias or none; the fused op runs where the row kernel does."""
+    from mmattn.ops import hadamard_conv_gelu
+    from mmattn.ops.grouped_conv import _use_kernel
+    q, kk = _qk_slices(B, C, H, W, seed=k)
+    _, w, b = _inputs(1, C, 1, 1, k, bias=W != 4, seed=k + 1)
+    with torch.no_grad():
+        out = hadamard_conv_gelu(q, kk, w, b)
+    ref = _hadamard_ref(q, kk, w, b)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    assert _use_kernel(q, w, 1) == kernel_runs_here()
+
+
+@pytest.mark.skipif(not kernel_runs_here(), reason='the row kernel does not run on this CPU')
+def test_hadamard_conv_gelu_runs_its_op_only_without_gradients(monkeypatch):
+    from mmattn.ops import hadamard_conv_gelu
+    q, kk = _qk_slices(1, 16, 5, 7)
+    _, w, b = _inputs(1, 16, 1, 1, 3)
+    calls = []
+    op = torch.ops.mmattn.hadamard_conv_gelu
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args)
+            return op(*args)
+
+    import mmattn.ops.grouped_conv as gc
+    monkeypatch.setattr(gc.torch.ops.mmattn, 'hadamard_conv_gelu', Spy(), raising=False)
+    with torch.no_grad():
+        fused = hadamard_conv_gelu(q, kk, w, b)
+    assert len(calls) == 1
+    w.requires_grad_(True)
+    out = hadamard_conv_gelu(q, kk, w, b)  # a gradient asked for: the composition
+    assert len(calls) == 1 and out.requires_grad
+    torch.testing.assert_close(out.detach(), fused, rtol=1e-5, atol=1e-5)
+    dw, = torch.autograd.grad(out.sum(), w)
+    w64 = w.detach().double().requires_grad_()
+    dw_ref, = torch.autograd.grad(_hadamard_ref(q, kk, w64, b).sum(), w64)
+    torch.testing.assert_close(dw.double(), dw_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not kernel_runs_here(), reason='the row kernel does not run on this CPU')
+def test_hadamard_conv_gelu_layouts_and_extremes():
+    """NCHW and mismatched layouts of q and k (made channels-last first), and large outputs:
+    GELU(x) = x for x >> 0 and 0 for x << 0, no NaN from exp."""
+    from mmattn.ops import hadamard_conv_gelu
+    q, kk = _qk_slices(1, 8, 6, 9, seed=3)
+    _, w, b = _inputs(1, 8, 1, 1, 5, seed=4)
+    ref = _hadamard_ref(q, kk, w, b)
+    with torch.no_grad():
+        for qv, kv in ((q.contiguous(), kk.contiguous()), (q, kk.contiguous())):
+            torch.testing.assert_close(hadamard_conv_gelu(qv, kv, w, b).double(), ref,
+                                       rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        big = hadamard_conv_gelu(q, kk, w, b + 1e4)
+        torch.testing.assert_close(big.double(), _hadamard_ref(q, kk, w, b + 1e4), rtol=1e-6,
+                                   atol=0)
+        small = hadamard_conv_gelu(q, kk, w, b - 1e4)
+        assert small.abs().max().item() == 0
+
+
+def test_hadamard_conv_gelu_errors():
+    from mmattn.ops import hadamard_conv_gelu
+    q, kk = _qk_slices(1, 8, 4, 5)
+    _, w, _ = _inputs(1, 8, 1, 1, 3)
+    with pytest.raises(ValueError, match='q and k must be'):
+        hadamard_conv_gelu(q, kk[:, :, :3], w)
+    if kernel_runs_here():
+        with pytest.raises(RuntimeError, match='hadamard_conv_gelu: float32'):
+            torch.ops.mmattn.hadamard_conv_gelu(q.double(), kk.double(), w.double(), None)
+        with pytest.raises(RuntimeError, match='k must have the shape'):
+            torch.ops.mmattn.hadamard_conv_gelu(q, kk[:1, :, :3], w, None)

@@ -162,6 +162,9 @@ TORCH_LIBRARY(mmattn, m) {
   // its weight and bias gradients (the bias one empty unless with_bias)
   m.def("grouped_conv2d_weight_grad(Tensor grad, Tensor x, int kernel_size, int group_width, "
         "bool with_bias) -> (Tensor, Tensor)");
+  // CPU only, no autograd (inference): GELU(grouped_conv2d(q * k, weight, bias)), ELSA's attn.0
+  // and attn.1 on the Hadamard product, in one pass
+  m.def("hadamard_conv_gelu(Tensor q, Tensor k, Tensor weight, Tensor? bias) -> Tensor");
   m.def("ghost_head_aggregate(Tensor v, Tensor attn, Tensor? ghost_mul, Tensor? ghost_add, "
         "int kernel_size, int dilation) -> Tensor");
   m.def("ghost_head_aggregate_backward(Tensor grad, Tensor v, Tensor attn, Tensor? ghost_mul, "

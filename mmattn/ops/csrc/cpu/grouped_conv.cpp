@@ -80,6 +80,21 @@ void gconv_weight_grad_scalar(const GConvGeometry& g, const T* grad, const T* x,
   }
 }
 
+// The row kernel's weights: wp[cb, u, v, t, l] = w[8*cb + l, t, u, v], one 8-lane vector per
+// (tap, group input), packed by a plain loop (ATen's strided copy of the 5-d permutation took
+// 43 us for ELSA-Swin-T's 256 channels, a fifth of the convolution). weight: contiguous float.
+Tensor pack_weight(const Tensor& weight) {
+  const int64_t C = weight.size(0), GW = weight.size(1), KK = weight.size(2) * weight.size(3);
+  Tensor wp = at::empty({C / 8, weight.size(2), weight.size(3), GW, 8}, weight.options());
+  const float* w = weight.data_ptr<float>();
+  float* d = wp.data_ptr<float>();
+  for (int64_t o = 0; o < C; ++o)
+    for (int64_t t = 0; t < GW; ++t)
+      for (int64_t uv = 0; uv < KK; ++uv)
+        d[((o / 8 * KK + uv) * GW + t) * 8 + o % 8] = w[(o * GW + t) * KK + uv];
+  return wp;
+}
+
 }  // namespace
 
 bool gconv_vectorised() {
@@ -113,18 +128,7 @@ Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const Opt
   if (out.numel() == 0) return out;
 #ifdef MMATTN_HAVE_AVX2
   if (x.scalar_type() == at::kFloat && gconv_kernel_covers(C, K, GW)) {
-    // wp[cb, u, v, t, l] = w[8*cb + l, t, u, v]: one 8-lane vector per (tap, group input),
-    // packed by a plain loop (ATen's strided copy of the 5-d permutation took 43 us for
-    // ELSA-Swin-T's 256 channels, a fifth of the convolution)
-    Tensor wp = at::empty({C / 8, K, K, GW, 8}, weight.options());
-    {
-      const float* w = weight.data_ptr<float>();
-      float* d = wp.data_ptr<float>();
-      for (int64_t o = 0; o < C; ++o)
-        for (int64_t t = 0; t < GW; ++t)
-          for (int64_t uv = 0; uv < K * K; ++uv)
-            d[((o / 8 * K * K + uv) * GW + t) * 8 + o % 8] = w[(o * GW + t) * K * K + uv];
-    }
+    const Tensor wp = pack_weight(weight);
     const float *xp = x.data_ptr<float>(), *wpp = wp.data_ptr<float>();
     const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
     float* op = out.data_ptr<float>();
@@ -142,6 +146,47 @@ Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const Opt
       gconv_rows_scalar<scalar_t>(g, xp, wp, bp, op, begin, end);
     });
   });
+  return out;
+}
+
+// GELU(grouped_conv2d(q * k, weight, bias)) for ELSA's inference (no autograd), in the row
+// kernel's domain only (float32, gconv_kernel_covers): the Hadamard product is taken as the
+// kernel loads its input, from q and k in place when they are channel slices of one
+// channels-last map (pixel stride >= C), and GELU as it stores its output, so neither q * k nor
+// the convolution's output is written to memory. mmattn.ops.hadamard_conv_gelu calls it.
+Tensor hadamard_conv_gelu_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& weight_in,
+                              const OptTensor& bias_in) {
+  check_grouped_conv(q_in, weight_in, bias_in);
+  TORCH_CHECK(k_in.sizes() == q_in.sizes() && k_in.scalar_type() == q_in.scalar_type() &&
+                  k_in.device() == q_in.device(),
+              "hadamard_conv_gelu: k must have the shape, dtype and device of q ", q_in.sizes());
+  const int64_t B = q_in.size(0), C = q_in.size(1), H = q_in.size(2), W = q_in.size(3);
+  const int64_t GW = weight_in.size(1), K = weight_in.size(2);
+  TORCH_CHECK(q_in.scalar_type() == at::kFloat && gconv_kernel_covers(C, K, GW),
+              "hadamard_conv_gelu: float32, C % 8 == 0, 4 channels per group and kernel_size "
+              "3, 5, 7 or 9 on a CPU where grouped_conv2d's row kernel runs, got ",
+              q_in.scalar_type(), ", C=", C, ", group width ", GW, ", k=", K);
+  auto in_place = [&](const Tensor& t) {
+    return t.stride(1) == 1 && t.stride(3) >= C && t.stride(2) == W * t.stride(3);
+  };
+  const bool strided = in_place(q_in) && in_place(k_in) && q_in.strides() == k_in.strides();
+  const Tensor q = strided ? q_in : q_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor k = strided ? k_in : k_in.contiguous(at::MemoryFormat::ChannelsLast);
+  GConvGeometry g{B, H, W, C, K, GW};
+  g.XS = q.stride(3), g.XB = q.stride(0);
+  const Tensor weight = weight_in.contiguous();
+  const OptTensor bias = bias_in.has_value() ? OptTensor(bias_in->contiguous()) : bias_in;
+  Tensor out = at::empty({B, C, H, W}, q.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+#ifdef MMATTN_HAVE_AVX2
+  const Tensor wp = pack_weight(weight);
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *wpp = wp.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
+    AVX2::gconv_rows_hadamard_gelu(g, qp, kp, wpp, bp, op, begin, end);
+  });
+#endif
   return out;
 }
 
@@ -198,4 +243,5 @@ std::tuple<Tensor, Tensor> grouped_conv2d_weight_grad_cpu(const Tensor& grad_in,
 TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("grouped_conv2d", &mmattn::cpu::grouped_conv2d_cpu);
   m.impl("grouped_conv2d_weight_grad", &mmattn::cpu::grouped_conv2d_weight_grad_cpu);
+  m.impl("hadamard_conv_gelu", &mmattn::cpu::hadamard_conv_gelu_cpu);
 }

@@ -17,7 +17,12 @@ namespace cpu {
 
 struct GConvGeometry {
   int64_t B, H, W, C, K, GW;
+  // the input's pixel and batch strides when it is not a dense channels-last map (0: C and
+  // H*W*C; hadamard_conv_gelu reads channel slices of a wider channels-last map)
+  int64_t XS = 0, XB = 0;
   int64_t rows() const { return B * H; }
+  int64_t xs() const { return XS > 0 ? XS : C; }
+  int64_t xb() const { return XB > 0 ? XB : H * W * C; }
 };
 
 // Whether the AVX2 row kernel runs for float32 on this CPU (grouped_conv.cpp): with the AVX2 build,
@@ -49,6 +54,12 @@ namespace AVX2 {
 // bias: C values, or null when the op has none.
 void gconv_rows(const GConvGeometry& g, const float* x, const float* wp, const float* bias,
                 float* out, int64_t begin, int64_t end);
+// mmattn::hadamard_conv_gelu: GELU of gconv_rows's convolution of q * k, q and k two maps of
+// pixel stride g.xs() and batch stride g.xb() (channel slices of one channels-last map, ELSA's
+// pre_proj output), channels contiguous; out (B, H, W, C) contiguous.
+void gconv_rows_hadamard_gelu(const GConvGeometry& g, const float* q, const float* k,
+                              const float* wp, const float* bias, float* out, int64_t begin,
+                              int64_t end);
 // The weight gradient of the 8-channel blocks [begin, end) of the C/8:
 //   dwp[cb, u, v, t, l] = sum_{b, i, j} grad[b, i, j, 8*cb + l]
 //                                     * x[b, i + u - r, j + v - r, 8*cb + 4*(l / 4) + t]
