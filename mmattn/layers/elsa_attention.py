@@ -21,6 +21,7 @@ from mmcv.cnn.bricks import DropPath
 from mmattn.ops import (capturing_graph, ghost_head_aggregate, ghost_head_softmax_aggregate,
                         grouped_conv2d, hadamard_conv_gelu)
 from mmattn.ops.ghost_head import softmax_fusion_runs
+from mmattn.ops.grouped_conv import hadamard_conv_gelu_runs
 
 from .blocks import Mlp, TokenBlock
 
@@ -163,10 +164,13 @@ class ELSAAttention(nn.Module):
         b, h, w, _ = x.shape
         q, k, v = self.pre_proj(x.permute(0, 3, 1, 2)).split(
             [self.dim_qk, self.dim_qk, self.dim], dim=1)
-        # attn.0 through grouped_conv2d: mmattn's CPU kernel where it is faster than mkldnn's;
-        # with attn.1 the exact GELU, in one pass with the product q * k (hadamard_conv_gelu)
+        # attn.0 through grouped_conv2d: mmattn's CPU kernel where it is faster than mkldnn's.
+        # In inference on the CPU, with attn.1 the exact GELU, one pass takes the product q * k,
+        # the convolution (the scale folded into its weights) and the GELU (hadamard_conv_gelu;
+        # module hooks on attn.1 do not fire there, nor on attn.2 in the fused aggregation)
         conv, act = self.attn[0], self.attn[1]
-        if type(act) is nn.GELU and act.approximate == 'none':
+        if (type(act) is nn.GELU and act.approximate == 'none'
+                and hadamard_conv_gelu_runs(q, k, conv.weight, conv.bias, self.dilation)):
             weight = conv.weight if self.scale == 1 else conv.weight * self.scale
             hidden = hadamard_conv_gelu(q, k, weight, conv.bias, self.dilation)
         else:

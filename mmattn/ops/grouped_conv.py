@@ -89,14 +89,22 @@ def hadamard_conv_gelu(q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor,
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f'hadamard_conv_gelu: q and k must be (B, C, H, W) of one shape, got '
                          f'{tuple(q.shape)} and {tuple(k.shape)}')
-    tensors = (q, k, weight, bias)
-    fused = (_use_kernel(q, weight, dilation) and k.dtype == q.dtype and k.device == q.device
-             and (bias is None or bias.dtype == q.dtype)
-             and not (torch.is_grad_enabled()
-                      and any(t is not None and t.requires_grad for t in tensors)))
-    if not fused:
+    if not hadamard_conv_gelu_runs(q, k, weight, bias, dilation):
         return F.gelu(grouped_conv2d(q * k, weight, bias, dilation))
     return torch.ops.mmattn.hadamard_conv_gelu(q, k, weight, bias)
+
+
+def hadamard_conv_gelu_runs(q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor,
+                            bias: Optional[torch.Tensor], dilation: int) -> bool:
+    """Whether :func:`hadamard_conv_gelu` runs its fused op on these arguments: the row
+    kernel's domain (:func:`grouped_conv2d`'s), one dtype and device, and no gradient asked for
+    (grad mode off, or no tensor that requires one)."""
+    if not _use_kernel(q, weight, dilation) or k.dtype != q.dtype or k.device != q.device:
+        return False
+    if bias is not None and (bias.dtype != q.dtype or bias.device != q.device):
+        return False
+    return not (torch.is_grad_enabled()
+                and any(t is not None and t.requires_grad for t in (q, k, weight, bias)))
 
 
 def _register() -> None:

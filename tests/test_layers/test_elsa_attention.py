@@ -109,8 +109,32 @@ def test_inference_fuses_the_softmax_and_matches_the_spec_rebuild(lam, gamma, mo
     torch.testing.assert_close(block(x, (9, 11)), ref, rtol=1e-5, atol=1e-7)  # grad mode
     block.train()
     with torch.no_grad():
-        block(x, (9, 11))  # attention dropout must apply
-    assert (len(fused), len(unfused)) == (0, 2)
+        torch.manual_seed(1)
+        first = block(x, (9, 11))  # attention dropout must apply: two draws differ
+        torch.manual_seed(2)
+        second = block(x, (9, 11))
+    assert (len(fused), len(unfused)) == (0, 3)
+    assert not torch.allclose(first, second)
+
+
+def test_inference_with_qk_scale_matches_the_spec_rebuild():
+    """qk_scale != 1 (None: (dim / heads) ** -0.5): the fused inference folds the scale into
+    attn.0's weights; float32 eval under no_grad and the training-mode path against the float64
+    rebuild."""
+    torch.manual_seed(3)
+    block = ELSABlock(24, 3, kernel_size=5, group_width=4, qk_scale=None)
+    _randomise(block)
+    scale = block.attn.scale
+    assert scale == pytest.approx(8**-0.5)
+    x = torch.randn(1, 9 * 10, 24)
+    ref = reference_block(x.double(), (9, 10), {n: t.double() for n, t in
+                                                 block.state_dict().items()},
+                          heads=3, k=5, dim_qk=16, group_width=4, scale=scale, lam=0, gamma=1.)
+    tol = dict(rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    torch.testing.assert_close(block(x, (9, 10)).double(), ref, **tol)
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, (9, 10)).double(), ref, **tol)
 
 
 def test_block_matches_spec_rebuild_fp32_official_shapes():

@@ -310,15 +310,18 @@ def test_hadamard_conv_gelu_matches_the_composition(B, C, H, W, k):
     """float32 against float64 F.gelu(F.conv2d(q * k)): slices read in place, every narrower last
     block of 8 columns, bias or none; the fused op runs where the row kernel does."""
     from mmattn.ops import hadamard_conv_gelu
-    from mmattn.ops.grouped_conv import _use_kernel
+    from mmattn.ops.grouped_conv import hadamard_conv_gelu_runs
     q, kk = _qk_slices(B, C, H, W, seed=k)
     _, w, b = _inputs(1, C, 1, 1, k, bias=W != 4, seed=k + 1)
     with torch.no_grad():
         out = hadamard_conv_gelu(q, kk, w, b)
+        assert hadamard_conv_gelu_runs(q, kk, w, b, 1) == kernel_runs_here()
+        if kernel_runs_here():  # the op itself, not the composition
+            torch.testing.assert_close(torch.ops.mmattn.hadamard_conv_gelu(q, kk, w, b), out,
+                                       rtol=0, atol=0)
     ref = _hadamard_ref(q, kk, w, b)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    assert _use_kernel(q, w, 1) == kernel_runs_here()
 
 
 @pytest.mark.skipif(not kernel_runs_here(), reason='the row kernel does not run on this CPU')
@@ -366,6 +369,26 @@ def test_hadamard_conv_gelu_layouts_and_extremes():
                                    atol=0)
         small = hadamard_conv_gelu(q, kk, w, b - 1e4)
         assert small.abs().max().item() == 0
+
+
+@pytest.mark.skipif(not kernel_runs_here(), reason='the row kernel does not run on this CPU')
+def test_hadamard_conv_gelu_odd_strides_are_copied_not_misread():
+    """Inputs the kernel cannot read in place (an expanded batch: batch stride 0; W == 1 with a
+    pixel stride of 1, which is_contiguous(channels_last) accepts) are made dense first."""
+    q1, k1 = _qk_slices(1, 8, 5, 6, seed=5)
+    _, w, b = _inputs(1, 8, 1, 1, 3, seed=6)
+    qe, ke = q1.expand(3, -1, -1, -1), k1.expand(3, -1, -1, -1)
+    assert qe.stride(0) == 0
+    base = torch.randn(2, 5, 8)  # (B, H, C)
+    qw = base.permute(0, 2, 1).unsqueeze(-1)  # (2, 8, 5, 1), strides (40, 1, 8, 1)
+    kw = (base + 1).permute(0, 2, 1).unsqueeze(-1)
+    assert qw.is_contiguous(memory_format=torch.channels_last) and qw.stride(3) == 1
+    with torch.no_grad():
+        for q, k in ((qe, ke), (qw, kw)):
+            out = torch.ops.mmattn.hadamard_conv_gelu(q, k, w, b)
+            ref = _hadamard_ref(q, k, w, b)
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5,
+                                       atol=1e-5 * ref.abs().max().item())
 
 
 def test_hadamard_conv_gelu_errors():

@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "cpu/capability.h"
 #include "cpu/grouped_conv_kernels.h"
 #include "cpu/na2d_kernels.h"
@@ -27,18 +29,21 @@ void check_grouped_conv_dtypes(const char* op, const Tensor& x, const Tensor& ot
 
 }  // namespace
 
-void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
-  TORCH_CHECK(x.dim() == 4, "grouped_conv2d: x must be (B, C, H, W), got ", x.sizes());
+void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                        const char* op, const char* x_name) {
+  TORCH_CHECK(x.dim() == 4, op, ": ", x_name, " must be (B, C, H, W), got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == x.size(1) && weight.size(1) >= 1 &&
                   x.size(1) % weight.size(1) == 0 && weight.size(2) == weight.size(3) &&
                   weight.size(2) % 2 == 1,
-              "grouped_conv2d: weight must be (C, C/groups, k, k) with k odd, got ",
-              weight.sizes(), " for x ", x.sizes());
-  check_grouped_conv_dtypes("grouped_conv2d", x, weight, "x and weight");
+              op, ": weight must be (C, C/groups, k, k) with k odd, got ", weight.sizes(),
+              " for ", x_name, " ", x.sizes());
+  const std::string pair = std::string(x_name) + " and weight";
+  check_grouped_conv_dtypes(op, x, weight, pair.c_str());
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1) &&
                     bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
-                "grouped_conv2d: bias must be (C,) of x's dtype and device, got ", bias->sizes());
+                op, ": bias must be (C,) of ", x_name, "'s dtype and device, got ",
+                bias->sizes());
   }
 }
 
@@ -107,24 +112,24 @@ void check_na2d_extras(const Tensor& q, const OptTensor& rpb, const OptTensor& r
 }
 
 void check_ghost(const Tensor& v, const Tensor& attn, const OptTensor& mul, const OptTensor& add,
-                 int64_t kernel_size, int64_t dilation) {
-  TORCH_CHECK(v.dim() == 4, "ghost_head_aggregate: v must be (B, C, H, W), got ", v.sizes());
+                 int64_t kernel_size, int64_t dilation, const char* op, const char* attn_name) {
+  TORCH_CHECK(v.dim() == 4, op, ": v must be (B, C, H, W), got ", v.sizes());
   TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1,
-              "ghost_head_aggregate: kernel_size must be odd and >= 1");
-  TORCH_CHECK(dilation >= 1, "ghost_head_aggregate: dilation must be >= 1");
+              op, ": kernel_size must be odd and >= 1");
+  TORCH_CHECK(dilation >= 1, op, ": dilation must be >= 1");
   TORCH_CHECK(attn.dim() == 5 && attn.size(0) == v.size(0) && attn.size(1) >= 1 &&
                   v.size(1) % attn.size(1) == 0 && attn.size(2) == kernel_size * kernel_size &&
                   attn.size(3) == v.size(2) && attn.size(4) == v.size(3),
-              "ghost_head_aggregate: attn must be (B, G, k*k, H, W) with G dividing C, got ",
+              op, ": ", attn_name, " must be (B, G, k*k, H, W) with G dividing C, got ",
               attn.sizes());
   TORCH_CHECK(attn.scalar_type() == v.scalar_type() && attn.device() == v.device(),
-              "ghost_head_aggregate: v and attn must share dtype and device");
+              op, ": v and ", attn_name, " must share dtype and device");
   for (const OptTensor* t : {&mul, &add}) {
     if (t->has_value()) {
       TORCH_CHECK((*t)->sizes() == at::IntArrayRef({v.size(1), kernel_size, kernel_size}),
-                  "ghost_head_aggregate: ghost tensors must be (C, k, k), got ", (*t)->sizes());
+                  op, ": ghost tensors must be (C, k, k), got ", (*t)->sizes());
       TORCH_CHECK((*t)->scalar_type() == v.scalar_type() && (*t)->device() == v.device(),
-                  "ghost_head_aggregate: ghost tensors must share dtype and device with v");
+                  op, ": ghost tensors must share dtype and device with v");
     }
   }
 }

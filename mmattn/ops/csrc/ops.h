@@ -19,11 +19,13 @@ void check_na2d_qkv(const Tensor& q, const Tensor& k, int64_t kernel_size, int64
 void check_na2d_attn(const Tensor& attn, const Tensor& v, int64_t kernel_size);
 void check_na2d_extras(const Tensor& q, const OptTensor& rpb, const OptTensor& rpe,
                        const OptTensor& bias, int64_t kernel_size, bool clamp);
-void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& bias);
+void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                        const char* op = "grouped_conv2d", const char* x_name = "x");
 void check_grouped_conv_weight_grad(const Tensor& grad, const Tensor& x, int64_t kernel_size,
                                     int64_t group_width);
 void check_ghost(const Tensor& v, const Tensor& attn, const OptTensor& mul, const OptTensor& add,
-                 int64_t kernel_size, int64_t dilation);
+                 int64_t kernel_size, int64_t dilation, const char* op = "ghost_head_aggregate",
+                 const char* attn_name = "attn");
 // logits_bias of ghost_head_softmax_aggregate (after check_ghost on v and logits): (G*k*k,).
 void check_ghost_logits_bias(const Tensor& logits, const OptTensor& bias);
 

@@ -94,8 +94,13 @@ namespace {
 Tensor ghost_forward(const Tensor& v_in, const Tensor& attn_in, const OptTensor& bias_in,
                      const OptTensor& mul_in, const OptTensor& add_in, int64_t kernel_size,
                      int64_t dilation, bool softmax) {
-  check_ghost(v_in, attn_in, mul_in, add_in, kernel_size, dilation);
-  if (softmax) check_ghost_logits_bias(attn_in, bias_in);
+  if (softmax) {
+    check_ghost(v_in, attn_in, mul_in, add_in, kernel_size, dilation,
+                "ghost_head_softmax_aggregate", "logits");
+    check_ghost_logits_bias(attn_in, bias_in);
+  } else {
+    check_ghost(v_in, attn_in, mul_in, add_in, kernel_size, dilation);
+  }
   // the softmax forward reads a channels-last v in place (ELSA's v, a channel slice of the
   // channels-last pre_proj output), without the transposing copy to NCHW
   const bool in_place = softmax && channels_last_map(v_in);

@@ -156,7 +156,7 @@ Tensor grouped_conv2d_cpu(const Tensor& x_in, const Tensor& weight_in, const Opt
 // the convolution's output is written to memory. mmattn.ops.hadamard_conv_gelu calls it.
 Tensor hadamard_conv_gelu_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& weight_in,
                               const OptTensor& bias_in) {
-  check_grouped_conv(q_in, weight_in, bias_in);
+  check_grouped_conv(q_in, weight_in, bias_in, "hadamard_conv_gelu", "q");
   TORCH_CHECK(k_in.sizes() == q_in.sizes() && k_in.scalar_type() == q_in.scalar_type() &&
                   k_in.device() == q_in.device(),
               "hadamard_conv_gelu: k must have the shape, dtype and device of q ", q_in.sizes());
@@ -166,14 +166,19 @@ Tensor hadamard_conv_gelu_cpu(const Tensor& q_in, const Tensor& k_in, const Tens
               "hadamard_conv_gelu: float32, C % 8 == 0, 4 channels per group and kernel_size "
               "3, 5, 7 or 9 on a CPU where grouped_conv2d's row kernel runs, got ",
               q_in.scalar_type(), ", C=", C, ", group width ", GW, ", k=", K);
+  // in place: channels-last rows of W pixels, each image H*W pixels on from the last (channel
+  // slices of one channels-last map); anything else (an expanded batch, odd strides of size-1
+  // dimensions) is made dense channels-last first, and read with the dense strides
   auto in_place = [&](const Tensor& t) {
-    return t.stride(1) == 1 && t.stride(3) >= C && t.stride(2) == W * t.stride(3);
+    return t.stride(1) == 1 && t.stride(3) >= C && t.stride(2) == W * t.stride(3) &&
+           (B == 1 || t.stride(0) == H * W * t.stride(3));
   };
   const bool strided = in_place(q_in) && in_place(k_in) && q_in.strides() == k_in.strides();
   const Tensor q = strided ? q_in : q_in.contiguous(at::MemoryFormat::ChannelsLast);
   const Tensor k = strided ? k_in : k_in.contiguous(at::MemoryFormat::ChannelsLast);
   GConvGeometry g{B, H, W, C, K, GW};
-  g.XS = q.stride(3), g.XB = q.stride(0);
+  g.XS = strided ? q.stride(3) : C;
+  g.XB = H * W * g.XS;
   const Tensor weight = weight_in.contiguous();
   const OptTensor bias = bias_in.has_value() ? OptTensor(bias_in->contiguous()) : bias_in;
   Tensor out = at::empty({B, C, H, W}, q.options().memory_format(at::MemoryFormat::ChannelsLast));
