@@ -25,10 +25,10 @@ OPS = (
 )
 KEYS = ('CPU', 'CUDA')
 # ops with a CPU kernel only: the fused training pass of the CPU kernels, whose saved
-# probabilities are in their strip layout (CUDA training runs na2d_qk -> softmax -> na2d_av),
-# ELSA's grouped convolution, which runs cuDNN's convolution on GPUs, and ELSA's softmax inside
-# the ghost aggregation (CUDA runs softmax -> ghost_head_aggregate), and the grouped convolution
-# of the Hadamard product with its GELU
+# probabilities are in their strip layout (CUDA training runs na2d_qk -> softmax -> na2d_av);
+# ELSA's grouped convolution, which runs cuDNN's convolution on GPUs; and ELSA's two inference
+# fusions, the softmax inside the ghost aggregation and the grouped convolution of q * k with its
+# GELU (CUDA runs their compositions)
 CPU_ONLY = ('na2d_fused_train', 'na2d_fused_train_backward', 'grouped_conv2d',
             'grouped_conv2d_weight_grad', 'ghost_head_softmax_aggregate', 'hadamard_conv_gelu')
 

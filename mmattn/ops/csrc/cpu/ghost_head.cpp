@@ -64,7 +64,7 @@ GhostGeometry ghost_geometry(const Tensor& v, const Tensor& attn, int64_t k, int
 }
 
 // Whether the float (B, C, H, W) map t is laid out channels-last (channel stride 1, rows of W
-// pixels W pixel strides apart), possibly a channel slice of a wider map: pad_plane reads it
+// pixels W pixel strides apart), possibly a channel slice of a wider map: pad_planes reads it
 // with its pixel stride.
 bool channels_last_map(const Tensor& t) {
   const auto s = t.scalar_type();
@@ -84,10 +84,6 @@ OptTensor mul_or_none(const OptTensor& t, const Tensor& v, int64_t kk) {
   if (t.has_value() && t->defined()) return t->reshape({v.size(1), kk}).contiguous();
   return std::nullopt;
 }
-
-}  // namespace
-
-namespace {
 
 // The two forwards: the aggregation with the attention `attn_in`, or (softmax) with
 // softmax(attn_in + bias_in) over the taps, attn_in holding the logits.

@@ -79,11 +79,6 @@ void pad_planes(const GhostGeometry& g, const PadPlanes& pp, const T* src, int64
 }
 
 template <typename T>
-void pad_plane(const GhostGeometry& g, const PadPlanes& pp, const T* src, int64_t i0, T* dst) {
-  pad_planes(g, pp, src, 0, 1, 1, i0, dst);
-}
-
-template <typename T>
 void zero_fill(T* p, int64_t n) {
   std::memset(p, 0, sizeof(T) * n);
 }
@@ -424,8 +419,7 @@ void backward_attn_rows(const GhostGeometry& g, const GhostBuffers<T>& p, int64_
   for (int64_t item = r0; item < r1; ++item) {
     const BandItem it = band_item(g, item);
     const int64_t c0 = it.grp * g.cpg();
-    for (int64_t c = 0; c < g.cpg(); ++c)
-      pad_plane(g, pp, p.x + (it.b * g.C + c0 + c) * HW, it.i0, xpad.data() + c * pp.plane);
+    pad_planes(g, pp, p.x + (it.b * g.C + c0) * HW, HW, 1, g.cpg(), it.i0, xpad.data());
     for (int64_t t = 0; t < it.rows; ++t) {
       const T* grad = p.grad + (it.b * g.C + c0) * HW + (it.i0 + t) * g.W;
       T* da_row = p.dattn + (it.b * g.G + it.grp) * kk * HW + (it.i0 + t) * g.W;
@@ -573,8 +567,7 @@ void backward_ghost_items(const GhostGeometry& g, const GhostBuffers<T>& p, int6
     const int64_t bg = item / blocks, b = bg / g.G, grp = bg % g.G;
     const int64_t c0 = grp * g.cpg() + item % blocks * kGhostItemChannels;
     const int64_t cn = std::min<int64_t>(kGhostItemChannels, (grp + 1) * g.cpg() - c0);
-    for (int64_t c = 0; c < cn; ++c)
-      pad_plane(g, pp, p.x + (b * g.C + c0 + c) * HW, 0, xpad.data() + c * pp.plane);
+    pad_planes(g, pp, p.x + (b * g.C + c0) * HW, HW, 1, cn, 0, xpad.data());
     const T* attn = p.attn + (b * g.G + grp) * kk * HW;
     for (int64_t c = 0; c < cn;) {
       const int64_t bc = b * g.C + c0 + c;
