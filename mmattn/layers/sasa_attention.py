@@ -18,7 +18,7 @@ from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
-from mmattn.ops import capturing_graph, na2d
+from mmattn.ops import capturing_graph, concat_relative_embedding, na2d_split_rpe
 
 
 def _check_heads(channels: int, num_heads: int) -> int:
@@ -44,14 +44,6 @@ def _resize_table(table: torch.Tensor, size: int) -> torch.Tensor:
 def _gather_offsets(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``out[..., i, j] = table[..., i, index[i, j]]`` (per-query logits by relative offset)."""
     return table.gather(-1, index.expand(*table.shape[:-1], index.shape[-1]))
-
-
-def concat_relative_embedding(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
-    """``rpe`` of ``na2d`` from the row and column tables, both (heads, k, d/2):
-    (heads, k, k, d), ``rpe[h, u, v] = concat(rel_h[h, u], rel_w[h, v])``."""
-    h, k, half = rel_h.shape
-    return torch.cat([rel_h[:, :, None, :].expand(h, k, k, half),
-                      rel_w[:, None, :, :].expand(h, k, k, rel_w.shape[-1])], dim=-1)
 
 
 def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +108,10 @@ class SASAAttention(BaseModule):
     def relative_embedding(self) -> torch.Tensor:
         """``rpe`` of ``na2d``: (heads, k, k, d), ``rpe[h,u,v] = concat(rel_h[h,u], rel_w[h,v])``.
 
-        Built on every call (14-15 us): a table cached between calls could not see writes
-        through ``.data`` (EMA hooks update their model's parameters that way, without a
-        version bump).
+        Built on every call: a table cached between calls could not see writes through
+        ``.data`` (EMA hooks update their model's parameters that way, without a version bump).
+        ``forward`` hands ``na2d_split_rpe`` the two tables instead, which builds this table only
+        where it falls back to ``na2d`` (training, CUDA, traces).
         """
         return concat_relative_embedding(self.rel_h, self.rel_w)
 
@@ -129,8 +122,7 @@ class SASAAttention(BaseModule):
         # one concatenation (split's backward) instead of a transposing copy.
         q, k, v = (t.view(B, self.num_heads, self.head_dim, H, W).permute(0, 1, 3, 4, 2)
                    for t in self.qkv(x).split(self.num_heads * self.head_dim, dim=1))
-        out = na2d(q, k, v, self.kernel_size, border='mask', rpe=self.relative_embedding(),
-                   scale=1.0)
+        out = na2d_split_rpe(q, k, v, self.kernel_size, self.rel_h, self.rel_w, scale=1.0)
         out = out.permute(0, 1, 4, 2, 3).reshape(B, C, H, W)
         return avg_pool_2x2(out) if self.stride == 2 else out
 

@@ -87,6 +87,20 @@ def check_na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: i
         raise TypeError(f'scale must be a float or None, got {type(scale).__name__}')
 
 
+def check_split_rpe(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
+                    kernel_size: int) -> None:
+    """Validates the tables of :func:`mmattn.ops.na2d_split_rpe` (after :func:`check_na2d`):
+    ``(heads, k, D/2)`` each, with ``D`` even."""
+    heads, D = q.shape[1], q.shape[-1]
+    if D % 2:
+        raise ValueError(f'the head dim D of q must be even (half pairs with rel_h, half with '
+                         f'rel_w), got q of shape {tuple(q.shape)}')
+    for name, t in (('rel_h', rel_h), ('rel_w', rel_w)):
+        check_tensor(name, t, 3, '(heads, k, D/2)')
+        check_shape(name, t, (heads, kernel_size, D // 2), '(heads, k, D/2)')
+        check_like(name, t, 'q', q)
+
+
 def check_ghost(v: torch.Tensor, attn: torch.Tensor, ghost_mul: Optional[torch.Tensor],
                 ghost_add: Optional[torch.Tensor], kernel_size: int, dilation: int,
                 attn_name: str = 'attn') -> None:

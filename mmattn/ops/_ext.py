@@ -90,6 +90,21 @@ def capturing_graph() -> bool:
             or torch.compiler.is_compiling())
 
 
+def cpu_inference_runs(*tensors) -> bool:
+    """Whether an inference-only CPU op (one without autograd, e.g. ``mmattn::na2d_split_rpe``)
+    may run on ``tensors`` (``None`` entries are skipped): compiled ops, CPU tensors, eager
+    execution (no trace or export) and no gradient asked for (grad mode off, or no tensor that
+    requires one). Where it may not, its Python function computes the differentiable
+    composition the op stands for."""
+    if not has_compiled_ops() or capturing_graph():
+        return False
+    import torch
+    present = [t for t in tensors if t is not None]
+    if any(t.device.type != 'cpu' for t in present):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+
+
 def has_cuda_kernels() -> bool:
     """Whether the compiled ops carry CUDA kernels (``FORCE_CUDA=1`` or a GPU at build time)."""
     if not has_compiled_ops():

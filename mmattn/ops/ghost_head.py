@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 
 from ._checks import check_ghost, check_like, check_shape, check_tensor
-from ._ext import capturing_graph, has_compiled_ops
+from ._ext import capturing_graph, cpu_inference_runs, has_compiled_ops
 from .reference import ghost_head_aggregate_reference
 
 
@@ -48,16 +48,10 @@ def ghost_head_aggregate(v: torch.Tensor, attn: torch.Tensor,
 
 
 def softmax_fusion_runs(*tensors: Optional[torch.Tensor]) -> bool:
-    """Whether :func:`ghost_head_softmax_aggregate` of these tensors runs its fused CPU kernel:
-    compiled ops, CPU tensors, eager execution (no trace or export) and no gradient asked for
-    (grad mode off, or no tensor that requires one). Elsewhere it takes the softmax and calls
+    """Whether :func:`ghost_head_softmax_aggregate` of these tensors runs its fused CPU kernel
+    (:func:`~mmattn.ops._ext.cpu_inference_runs`). Elsewhere it takes the softmax and calls
     :func:`ghost_head_aggregate`, which autograd differentiates."""
-    if not has_compiled_ops() or capturing_graph():
-        return False
-    present = [t for t in tensors if t is not None]
-    if any(t.device.type != 'cpu' for t in present):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+    return cpu_inference_runs(*tensors)
 
 
 def ghost_head_softmax_aggregate(v: torch.Tensor, logits: torch.Tensor,

@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-from ._checks import check_na2d
-from ._ext import has_compiled_ops
+from ._checks import check_na2d, check_split_rpe
+from ._ext import cpu_inference_runs, has_compiled_ops
 from .reference import na2d_reference
 
 
@@ -69,6 +69,46 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     return torch.ops.mmattn.na2d_av(attn, v, kernel_size, dilation, clamp)
 
 
+def concat_relative_embedding(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    """SASA's ``rpe`` of :func:`na2d` from its row and column tables ``(heads, k, d)``:
+    ``(heads, k, k, 2d)``, ``rpe[h, u, v] = concat(rel_h[h, u], rel_w[h, v])``."""
+    h, k, half = rel_h.shape
+    return torch.cat([rel_h[:, :, None, :].expand(h, k, k, half),
+                      rel_w[:, None, :, :].expand(h, k, k, rel_w.shape[-1])], dim=-1)
+
+
+def na2d_split_rpe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,
+                   rel_h: torch.Tensor, rel_w: torch.Tensor, dilation: int = 1,
+                   scale: Optional[float] = None) -> torch.Tensor:
+    """:func:`na2d` with border ``'mask'`` and SASA's relative embedding given by its two tables:
+    ``na2d(q, k, v, kernel_size, dilation, rpe=concat_relative_embedding(rel_h, rel_w), scale)``,
+    ``rpe[h, a, b] = concat(rel_h[h, a], rel_w[h, b])``.
+
+    On CPU with no gradient asked for (:func:`~mmattn.ops._ext.cpu_inference_runs`) the op takes the tables as
+    they are: the ``(heads, k, k, D)`` table is not concatenated, and the kernels do not test it
+    for that form on every call (together about 60 us per call of SASA-ResNet, 16 calls per
+    forward). Elsewhere (training, CUDA, a trace for FLOP counting or export) it is exactly the
+    :func:`na2d` call above, which autograd differentiates.
+
+    Args:
+        q, k, v (Tensor): ``(B, heads, H, W, D)``, same dtype and device, ``D`` even.
+        kernel_size (int): odd window size ``k >= 1``.
+        rel_h, rel_w (Tensor): ``(heads, k, D/2)`` tables of the window row and column offsets.
+        dilation (int): distance between window taps. Defaults to 1.
+        scale (float, optional): multiplies ``q . (k + rpe)``. Defaults to ``D ** -0.5``.
+
+    Returns:
+        Tensor: ``(B, heads, H, W, D)``.
+    """
+    check_na2d(q, k, v, kernel_size, dilation, 'mask', None, None, None, scale)
+    check_split_rpe(q, rel_h, rel_w, kernel_size)
+    if not cpu_inference_runs(q, k, v, rel_h, rel_w):
+        return na2d(q, k, v, kernel_size, dilation, 'mask',
+                    rpe=concat_relative_embedding(rel_h, rel_w), scale=scale)
+    scale = float(q.shape[-1]**-0.5 if scale is None else scale)
+    return torch.ops.mmattn.na2d_split_rpe(q, k, v, rel_h, rel_w, kernel_size, dilation, scale)
+
+
 def strip_width(W: int, kernel_size: int, dilation: int) -> int:
     """Row length ``Wp`` of the CPU kernels' strip layout: ``W`` rounded up to 16 plus
     ``(kernel_size // 2) * dilation`` zero columns on each side (``na2d_kernels.h``)."""
@@ -108,6 +148,10 @@ def _register() -> None:
 
     @lib.register_fake('mmattn::na2d_fused')
     def _fused_fake(q, k, v, rpb, rpe, bias, kernel_size, dilation, clamp, scale):
+        return torch.empty_like(q)
+
+    @lib.register_fake('mmattn::na2d_split_rpe')
+    def _split_rpe_fake(q, k, v, rel_h, rel_w, kernel_size, dilation, scale):
         return torch.empty_like(q)
 
     @lib.register_fake('mmattn::na2d_fused_train')

@@ -184,15 +184,20 @@ def _elsa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
 
 def _sasa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
                image_size: Tuple[int, int]) -> QueryMap:
+    import inspect
+
     import mmattn.layers.sasa_attention as sasa
+    from mmattn.ops import concat_relative_embedding
     from mmattn.ops.reference import na2d_qk_reference
     calls: list = []
-    with _capture(sasa, 'na2d', calls):
+    with _capture(sasa, 'na2d_split_rpe', calls):
         _rerun(layer, call)
-    (q, k, _v, kernel), kwargs = calls[-1][0][:4], calls[-1][1]
-    dilation = kwargs.get('dilation', 1)
-    logits = na2d_qk_reference(q, k, kernel, dilation, kwargs.get('border', 'mask'),
-                               kwargs.get('rpb'), kwargs.get('rpe'), kwargs.get('scale'))
+    bound = inspect.signature(sasa.na2d_split_rpe).bind(*calls[-1][0], **calls[-1][1])
+    bound.apply_defaults()
+    a = bound.arguments
+    kernel, dilation = a['kernel_size'], a['dilation']
+    logits = na2d_qk_reference(a['q'], a['k'], kernel, dilation, 'mask', None,
+                               concat_relative_embedding(a['rel_h'], a['rel_w']), a['scale'])
     attn = logits.softmax(-1)  # (1, heads, H, W, k*k), 0 at masked taps
     _, _, h, w, _ = attn.shape
     row, col = image_to_map(query_px, image_size, (h, w))

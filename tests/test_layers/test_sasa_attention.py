@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from mmattn.layers import SASAAttention, SASAStem
-from mmattn.layers.sasa_attention import avg_pool_2x2, concat_relative_embedding
-from mmattn.ops import na2d
+from mmattn.layers.sasa_attention import avg_pool_2x2
+from mmattn.ops import concat_relative_embedding, has_compiled_ops, na2d
 
 F64 = dict(dtype=torch.float64)
 
@@ -52,6 +52,36 @@ def test_layer_head_dims(head_dim):
     x = torch.randn(1, 2 * head_dim, 6, 9, **F64)
     torch.testing.assert_close(layer(x), sasa_unfold_reference(layer, x), rtol=1e-10,
                                atol=1e-10)
+
+
+@pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not built')
+@pytest.mark.parametrize('head_dim, stride, dtype', [(8, 1, torch.float64), (16, 2, torch.float64),
+                                                     (32, 1, torch.float32),
+                                                     (64, 2, torch.float32)])
+def test_inference_takes_the_two_tables(head_dim, stride, dtype):
+    """Without gradients the layer hands na2d_split_rpe its rel_h / rel_w (no concatenated
+    table; mmattn::na2d_split_rpe runs); the output is still the paper's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(head_dim)
+    layer = SASAAttention(2 * head_dim, num_heads=2, kernel_size=7, stride=stride).to(**F64)
+    x = torch.randn(1, 2 * head_dim, 10, 9, **F64)
+    expect = sasa_unfold_reference(layer, x).detach()
+    layer.to(dtype).eval()
+    with Ops() as ops, torch.no_grad():
+        out = layer(x.to(dtype))
+    assert 'mmattn::na2d_split_rpe' in ops.names and 'aten::cat' not in ops.names
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.double(), expect, rtol=tol, atol=tol)
 
 
 def test_rpe_path_equals_bias_path():

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not
 CHILD = r'''
 import json, sys, torch
 from mmattn import _C
-from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,
-                        ghost_head_softmax_aggregate, hadamard_conv_gelu, na2d, na2d_reference)
+from mmattn.ops import (concat_relative_embedding, ghost_head_aggregate,
+                        ghost_head_aggregate_reference, ghost_head_softmax_aggregate,
+                        hadamard_conv_gelu, na2d, na2d_reference, na2d_split_rpe)
 
 torch.manual_seed(0)
 errors = {}
@@ -125,6 +126,22 @@ for (H, W, D, ks, dilation) in ((6, 5, 3, 7, 1), (7, 8, 5, 5, 3), (11, 13, 4, 3,
     compare(f'na2d W-contiguous {H}x{W} k={ks} d={dilation}',
             lambda q, k, v: na2d(q, k, v, ks, dilation),
             lambda q, k, v: na2d_reference(q, k, v, ks, dilation), views)
+
+# SASA's split tables given to na2d_split_rpe (inference: the op builds the kernels' separable
+# form from them), on W-contiguous views: head dims 6, 10 and 16 (half-tables of 3, 5 and 8
+# channels), widths with partial last vectors, dilation 2, a map smaller than the window
+for (H, W, D, ks, dilation) in ((9, 17, 6, 5, 1), (6, 23, 16, 7, 1), (11, 13, 10, 3, 2),
+                                (3, 5, 4, 7, 1)):
+    views = [rnd(1, 2, D, H, W).permute(0, 1, 3, 4, 2) for _ in range(3)]
+    rel = [rnd(2, ks, D // 2) for _ in range(2)]
+    expect = na2d_reference(*views, ks, dilation, rpe=concat_relative_embedding(*rel), scale=1.0)
+    with torch.no_grad():
+        out = na2d_split_rpe(*views, ks, *rel, dilation, scale=1.0)
+        f32 = na2d_split_rpe(*[t.float() for t in views], ks, *[t.float() for t in rel],
+                             dilation, scale=1.0).double()
+    errors[f'na2d split rpe {H}x{W} D={D} k={ks} d={dilation}'] = [
+        (out - expect).abs().max().item(),
+        ((f32 - expect).abs().max() / expect.abs().max()).item()]
 
 # heads of 3, 1, 5 (4 + 1) and 8 channels; widths with and without a partial last vector, with
 # several row chunks (70 and 33 columns); maps of fewer rows than a band (8) and than the window
@@ -365,8 +382,7 @@ def test_full_channel_blocks_do_not_depend_on_thread_count(case):
     vectors and a tail for 8 and 16 lanes) and k=5 (a 4-column register block and one left
     over), with SASA's separable rpe on W-contiguous views (fused inference and fused training),
     a bias with dilation 2 (fused inference), and 'clamp' (fused inference)."""
-    from mmattn.layers.sasa_attention import concat_relative_embedding
-    from mmattn.ops import na2d
+    from mmattn.ops import concat_relative_embedding, na2d
     B, heads, H, W, D, ks = 1, 2, 13, 21, 16, 5
     previous = torch.get_num_threads()
     results = []

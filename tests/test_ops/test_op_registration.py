@@ -12,7 +12,7 @@ import torch
 from mmattn.ops import has_compiled_ops
 
 OPS = ('na2d_qk', 'na2d_qk_backward', 'na2d_av', 'na2d_av_backward', 'na2d_fused',
-       'na2d_fused_train', 'na2d_fused_train_backward', 'ghost_head_aggregate',
+       'na2d_split_rpe', 'na2d_fused_train', 'na2d_fused_train_backward', 'ghost_head_aggregate',
        'ghost_head_aggregate_backward', 'ghost_head_softmax_aggregate', 'grouped_conv2d',
        'grouped_conv2d_weight_grad', 'hadamard_conv_gelu')
 
@@ -54,6 +54,10 @@ def _opcheck_cases():
         ('na2d_fused', ops.na2d_fused.default,
          (q.detach(), k.detach(), v.detach(), rpb.detach(), rpe.detach(), bias, ks, d, False,
           0.5)),
+        # inference only (no autograd): SASA's row and column tables, (heads, k, D/2); D = 4
+        ('na2d_split_rpe', ops.na2d_split_rpe.default,
+         (_t(1, 2, 6, 7, 4), _t(1, 2, 6, 7, 4), _t(1, 2, 6, 7, 4), _t(2, 3, 2), _t(2, 3, 2), ks,
+          d, 1.0)),
         ('na2d_fused_train-rpb+rpe', ops.na2d_fused_train.default, (q, k, v, rpb, rpe, ks, d, 0.5)),
         ('na2d_fused_train-plain', ops.na2d_fused_train.default, (q, k, v, None, None, 3, 1, 0.5)),
         ('na2d_fused_train_backward', ops.na2d_fused_train_backward.default,
@@ -76,7 +80,7 @@ def _opcheck_cases():
 
 
 @needs_ext
-@pytest.mark.parametrize('case', range(15), ids=[c[0] for c in _opcheck_cases()])
+@pytest.mark.parametrize('case', range(16), ids=[c[0] for c in _opcheck_cases()])
 def test_opcheck(case):
     # schema, fake kernel vs real kernel, autograd registration, AOT dispatch (dynamic shapes)
     name, op, args = _opcheck_cases()[case]

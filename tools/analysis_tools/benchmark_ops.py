@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mmattn.layers.sasa_attention import concat_relative_embedding  # noqa: E402
+from mmattn.ops import concat_relative_embedding  # noqa: E402
 from mmattn.ops import (ghost_head_aggregate, ghost_head_aggregate_reference,  # noqa: E402
                         grouped_conv2d, has_compiled_ops, na2d, na2d_reference)
 from mmattn.utils.benchmark import (cpu_memory_env, interleaved_times,  # noqa: E402

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <utility>
 
 #include "cpu/capability.h"
 #include "cpu/grouped_conv_kernels.h"
@@ -111,6 +112,20 @@ void check_na2d_extras(const Tensor& q, const OptTensor& rpb, const OptTensor& r
   }
 }
 
+void check_na2d_split_rpe(const Tensor& q, const Tensor& rel_h, const Tensor& rel_w,
+                          int64_t kernel_size) {
+  const int64_t D = q.size(4);
+  TORCH_CHECK(D % 2 == 0, "na2d_split_rpe: the head dim D of q must be even, got ", D);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"rel_h", &rel_h},
+                                {"rel_w", &rel_w}}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({q.size(1), kernel_size, D / 2}),
+                "na2d_split_rpe: ", name, " must be (heads, k, D/2) = (", q.size(1), ", ",
+                kernel_size, ", ", D / 2, "), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->device() == q.device(),
+                "na2d_split_rpe: ", name, " must share dtype and device with q");
+  }
+}
+
 void check_ghost(const Tensor& v, const Tensor& attn, const OptTensor& mul, const OptTensor& add,
                  int64_t kernel_size, int64_t dilation, const char* op, const char* attn_name) {
   TORCH_CHECK(v.dim() == 4, op, ": v must be (B, C, H, W), got ", v.sizes());
@@ -155,6 +170,10 @@ TORCH_LIBRARY(mmattn, m) {
         "bool clamp) -> (Tensor, Tensor)");
   m.def("na2d_fused(Tensor q, Tensor k, Tensor v, Tensor? rpb, Tensor? rpe, Tensor? bias, "
         "int kernel_size, int dilation, bool clamp, float scale) -> Tensor");
+  // CPU only, no autograd (inference): na2d_fused with border 'mask' and SASA's rpe given by its
+  // row and column tables, rpe[h, a, b] = concat(rel_h[h, a], rel_w[h, b]), (heads, k, D/2) each
+  m.def("na2d_split_rpe(Tensor q, Tensor k, Tensor v, Tensor rel_h, Tensor rel_w, "
+        "int kernel_size, int dilation, float scale) -> Tensor");
   // CPU only: the fused training pass ('mask', no bias) and its backward; attn_s holds the
   // probabilities in the CPU kernels' strip layout (B, heads, H, k*k, W + 2P rounded up).
   m.def("na2d_fused_train(Tensor q, Tensor k, Tensor v, Tensor? rpb, Tensor? rpe, "

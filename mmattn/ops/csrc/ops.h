@@ -19,6 +19,9 @@ void check_na2d_qkv(const Tensor& q, const Tensor& k, int64_t kernel_size, int64
 void check_na2d_attn(const Tensor& attn, const Tensor& v, int64_t kernel_size);
 void check_na2d_extras(const Tensor& q, const OptTensor& rpb, const OptTensor& rpe,
                        const OptTensor& bias, int64_t kernel_size, bool clamp);
+// rel_h, rel_w of na2d_split_rpe (after check_na2d_qkv on q): (heads, k, D/2), D even.
+void check_na2d_split_rpe(const Tensor& q, const Tensor& rel_h, const Tensor& rel_w,
+                          int64_t kernel_size);
 void check_grouped_conv(const Tensor& x, const Tensor& weight, const OptTensor& bias,
                         const char* op = "grouped_conv2d", const char* x_name = "x");
 void check_grouped_conv_weight_grad(const Tensor& grad, const Tensor& x, int64_t kernel_size,

@@ -445,6 +445,29 @@ std::tuple<Tensor, Tensor> na2d_av_backward_cpu(const Tensor& grad_in, const Ten
   return {from_strip(dattn_s, g, dtype), dv.to(dtype)};
 }
 
+// The inference kernel on q, k, v with rpb and bias (undefined: none) and the rpe that
+// set_rpe_(p, sep) puts into p (sep: a SeparableRpe that keeps its tables alive for the call).
+template <typename SetRpe>
+Tensor run_fused(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                 const OptTensor& rpb_in, const OptTensor& bias_in, const StripGeometry& g,
+                 double scale, SetRpe&& set_rpe_) {
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in);
+  const OptTensor rpb = compute_dtype(rpb_in), bias = compute_dtype(bias_in);
+  Tensor out = output_like(q_in);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_fused_cpu", [&] {
+    Na2dBuffers<scalar_t> p;  // the kernel copies the strip rows it reads (per-thread rings)
+    p.q_op = op_rows<scalar_t>(q), p.k_op = op_rows<scalar_t>(k), p.v_op = op_rows<scalar_t>(v);
+    p.rpb = ptr<scalar_t>(rpb), p.bias = ptr<scalar_t>(bias);
+    SeparableRpe sep;
+    set_rpe_(p, sep);
+    set_out(p, out);
+    p.scale = static_cast<scalar_t>(scale);
+    p.invalid = -std::numeric_limits<scalar_t>::infinity();
+    run_rows<scalar_t>(kernels<scalar_t>().fused, g, p);
+  });
+  return out.to(q_in.scalar_type());
+}
+
 Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                       const OptTensor& rpb_in, const OptTensor& rpe_in, const OptTensor& bias_in,
                       int64_t kernel_size, int64_t dilation, bool clamp, double scale) {
@@ -452,22 +475,57 @@ Tensor na2d_fused_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
   check_na2d_qkv(q_in, v_in, kernel_size, dilation, clamp);
   check_na2d_extras(q_in, rpb_in, rpe_in, bias_in, kernel_size, clamp);
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, clamp);
-  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in);
-  const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in),
-                  bias = compute_dtype(bias_in);
-  Tensor out = output_like(q_in);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_fused_cpu", [&] {
-    Na2dBuffers<scalar_t> p;  // the kernel copies the strip rows it reads (per-thread rings)
-    p.q_op = op_rows<scalar_t>(q), p.k_op = op_rows<scalar_t>(k), p.v_op = op_rows<scalar_t>(v);
-    p.rpb = ptr<scalar_t>(rpb), p.bias = ptr<scalar_t>(bias);
-    SeparableRpe sep;
-    set_rpe(p, rpe, sep);
-    set_out(p, out);
-    p.scale = static_cast<scalar_t>(scale);
-    p.invalid = -std::numeric_limits<scalar_t>::infinity();
-    run_rows<scalar_t>(kernels<scalar_t>().fused, g, p);
-  });
-  return out.to(q_in.scalar_type());
+  const OptTensor rpe = compute_dtype(rpe_in);
+  return run_fused(q_in, k_in, v_in, rpb_in, bias_in, g, scale,
+                   [&](auto& p, SeparableRpe& sep) { set_rpe(p, rpe, sep); });
+}
+
+// SASA's rpe, rpe[h, a, b] = concat(rel_h[h, a], rel_w[h, b]) (rel_h, rel_w: (heads, k, D/2),
+// any strides), in the separable form of the logits kernels: rpe_a is rel_h in the channels
+// [0, D/2), rpe_b rel_w in [D/2, D), zeros elsewhere.
+template <typename T>
+SeparableRpe split_rpe_tables(const Tensor& rel_h, const Tensor& rel_w) {
+  const int64_t heads = rel_h.size(0), k = rel_h.size(1), half = rel_h.size(2), D = 2 * half;
+  SeparableRpe sep{at::empty({2, heads, k, D}, rel_h.options()),
+                   at::empty({heads, 2, 2}, rel_h.options().dtype(at::kLong))};
+  const auto rh = rel_h.accessor<T, 3>(), rw = rel_w.accessor<T, 3>();
+  T* ea = sep.tables.data_ptr<T>();
+  T* eb = ea + heads * k * D;
+  int64_t* range = sep.ranges.data_ptr<int64_t>();
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t t = 0; t < k; ++t) {
+      T* a = ea + (h * k + t) * D;
+      T* b = eb + (h * k + t) * D;
+      for (int64_t c = 0; c < half; ++c) {
+        a[c] = rh[h][t][c], a[half + c] = T(0);
+        b[c] = T(0), b[half + c] = rw[h][t][c];
+      }
+    }
+    int64_t* r = range + h * 4;  // [lo_a, hi_a, lo_b, hi_b]
+    r[0] = 0, r[1] = half, r[2] = half, r[3] = D;
+  }
+  return sep;
+}
+
+// mmattn::na2d_split_rpe (inference, no autograd): na2d_fused with border 'mask', no rpb or bias,
+// and SASA's rpe given by its two tables. The kernels take the tables' separable form built
+// directly from them: no (heads, k, k, D) table is concatenated, and no separability test runs.
+Tensor na2d_split_rpe_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                          const Tensor& rel_h_in, const Tensor& rel_w_in, int64_t kernel_size,
+                          int64_t dilation, double scale) {
+  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  check_na2d_split_rpe(q_in, rel_h_in, rel_w_in, kernel_size);
+  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+  const Tensor rel_h = in_compute_type(rel_h_in), rel_w = in_compute_type(rel_w_in);
+  return run_fused(q_in, k_in, v_in, std::nullopt, std::nullopt, g, scale,
+                   [&](auto& p, SeparableRpe& sep) {
+                     using T = typename std::remove_reference_t<decltype(p)>::value_type;
+                     sep = split_rpe_tables<T>(rel_h, rel_w);
+                     p.rpe_a = sep.tables.data_ptr<T>();
+                     p.rpe_b = p.rpe_a + sep.tables[0].numel();
+                     p.rpe_range = sep.ranges.data_ptr<int64_t>();
+                   });
 }
 
 // The fused training pass (CPU only, border 'mask', no bias): the inference kernel, which also
@@ -553,6 +611,7 @@ TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("na2d_av", &mmattn::cpu::na2d_av_cpu);
   m.impl("na2d_av_backward", &mmattn::cpu::na2d_av_backward_cpu);
   m.impl("na2d_fused", &mmattn::cpu::na2d_fused_cpu);
+  m.impl("na2d_split_rpe", &mmattn::cpu::na2d_split_rpe_cpu);
   m.impl("na2d_fused_train", &mmattn::cpu::na2d_fused_train_cpu);
   m.impl("na2d_fused_train_backward", &mmattn::cpu::na2d_fused_train_backward_cpu);
 }
