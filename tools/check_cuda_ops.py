@@ -28,10 +28,11 @@ KEYS = ('CPU', 'CUDA')
 # probabilities are in their strip layout (CUDA training runs na2d_qk -> softmax -> na2d_av);
 # ELSA's grouped convolution, which runs cuDNN's convolution on GPUs; and ELSA's two inference
 # fusions, the softmax inside the ghost aggregation and the grouped convolution of q * k with its
-# GELU, and SASA's na2d from its two relative-embedding tables (CUDA runs their compositions)
+# GELU, and SASA's na2d from its two relative-embedding tables, in inference and training (CUDA
+# runs their compositions)
 CPU_ONLY = ('na2d_fused_train', 'na2d_fused_train_backward', 'grouped_conv2d',
             'grouped_conv2d_weight_grad', 'ghost_head_softmax_aggregate', 'hadamard_conv_gelu',
-            'na2d_split_rpe')
+            'na2d_split_rpe', 'na2d_split_rpe_train', 'na2d_split_rpe_train_backward')
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ._checks import check_na2d, check_split_rpe
-from ._ext import cpu_inference_runs, has_compiled_ops
+from ._ext import capturing_graph, cpu_inference_runs, has_compiled_ops
 from .reference import na2d_reference
 
 
@@ -84,11 +84,15 @@ def na2d_split_rpe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_siz
     ``na2d(q, k, v, kernel_size, dilation, rpe=concat_relative_embedding(rel_h, rel_w), scale)``,
     ``rpe[h, a, b] = concat(rel_h[h, a], rel_w[h, b])``.
 
-    On CPU with no gradient asked for (:func:`~mmattn.ops._ext.cpu_inference_runs`) the op takes the tables as
-    they are: the ``(heads, k, k, D)`` table is not concatenated, and the kernels do not test it
-    for that form on every call (together about 60 us per call of SASA-ResNet, 16 calls per
-    forward). Elsewhere (training, CUDA, a trace for FLOP counting or export) it is exactly the
-    :func:`na2d` call above, which autograd differentiates.
+    On the CPU the ops take the tables as they are: the ``(heads, k, k, D)`` table is not
+    concatenated, and the kernels do not test it for that form on every call (together about 60
+    us per call of SASA-ResNet, 16 calls per forward). Where no gradient is asked for
+    (:func:`~mmattn.ops._ext.cpu_inference_runs`) that is ``mmattn::na2d_split_rpe``; training
+    in float32/float64 runs ``mmattn::na2d_split_rpe_train``, whose backward computes the tables'
+    gradients and the rpe's share of ``d_q`` from the logits' gradient summed over the window
+    columns (rows) and rows (columns), not from the ``(heads, k, k, D)`` gradient of the table.
+    Elsewhere (other dtypes, CUDA, a trace for FLOP counting or export) it is exactly the
+    :func:`na2d` call above.
 
     Args:
         q, k, v (Tensor): ``(B, heads, H, W, D)``, same dtype and device, ``D`` even.
@@ -102,11 +106,27 @@ def na2d_split_rpe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_siz
     """
     check_na2d(q, k, v, kernel_size, dilation, 'mask', None, None, None, scale)
     check_split_rpe(q, rel_h, rel_w, kernel_size)
-    if not cpu_inference_runs(q, k, v, rel_h, rel_w):
-        return na2d(q, k, v, kernel_size, dilation, 'mask',
-                    rpe=concat_relative_embedding(rel_h, rel_w), scale=scale)
-    scale = float(q.shape[-1]**-0.5 if scale is None else scale)
-    return torch.ops.mmattn.na2d_split_rpe(q, k, v, rel_h, rel_w, kernel_size, dilation, scale)
+    if cpu_inference_runs(q, k, v, rel_h, rel_w):
+        scale = float(q.shape[-1]**-0.5 if scale is None else scale)
+        # .default: the overload itself, without the packet's overload resolution (a few us)
+        return torch.ops.mmattn.na2d_split_rpe.default(q, k, v, rel_h, rel_w, kernel_size,
+                                                       dilation, scale)
+    if _split_training_runs(q, k, v, rel_h, rel_w):
+        scale = float(q.shape[-1]**-0.5 if scale is None else scale)
+        return torch.ops.mmattn.na2d_split_rpe_train.default(q, k, v, rel_h, rel_w, kernel_size,
+                                                             dilation, scale)[0]
+    return na2d(q, k, v, kernel_size, dilation, 'mask',
+                rpe=concat_relative_embedding(rel_h, rel_w), scale=scale)
+
+
+def _split_training_runs(*tensors: torch.Tensor) -> bool:
+    """Whether :func:`na2d_split_rpe` trains through ``mmattn::na2d_split_rpe_train`` (where
+    :func:`na2d` would run ``na2d_fused_train``): compiled ops, eager execution, CPU tensors of
+    float32 or float64."""
+    if not has_compiled_ops() or capturing_graph():
+        return False
+    return all(t.device.type == 'cpu' and t.dtype in (torch.float32, torch.float64)
+               for t in tensors)
 
 
 def strip_width(W: int, kernel_size: int, dilation: int) -> int:
@@ -154,6 +174,16 @@ def _register() -> None:
     def _split_rpe_fake(q, k, v, rel_h, rel_w, kernel_size, dilation, scale):
         return torch.empty_like(q)
 
+    @lib.register_fake('mmattn::na2d_split_rpe_train')
+    def _split_rpe_train_fake(q, k, v, rel_h, rel_w, kernel_size, dilation, scale):
+        return _fused_train_fake(q, k, v, None, None, kernel_size, dilation, scale)
+
+    @lib.register_fake('mmattn::na2d_split_rpe_train_backward')
+    def _split_rpe_train_backward_fake(grad, q, k, v, attn_s, rel_h, rel_w, kernel_size,
+                                       dilation, scale):
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+                rel_h.new_empty(rel_h.shape), rel_w.new_empty(rel_w.shape))
+
     @lib.register_fake('mmattn::na2d_fused_train')
     def _fused_train_fake(q, k, v, rpb, rpe, kernel_size, dilation, scale):
         B, heads, H, W = q.shape[:4]
@@ -186,6 +216,22 @@ def _register() -> None:
                 drpb if with_rpb else None, drpe if rpe is not None and need[4] else None,
                 None, None, None)
 
+    def split_train_setup(ctx, inputs, output):
+        q, k, v, rel_h, rel_w, kernel_size, dilation, scale = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # as fused_train_setup
+        ctx.save_for_backward(q, k, v, rel_h, rel_w, output[1])
+        ctx.args = (kernel_size, dilation, scale)
+
+    def split_train_backward(ctx, grad, _grad_attn_s):
+        if grad is None:
+            return (None, ) * 8
+        q, k, v, rel_h, rel_w, attn_s = ctx.saved_tensors
+        grads = torch.ops.mmattn.na2d_split_rpe_train_backward(grad, q, k, v, attn_s, rel_h,
+                                                               rel_w, *ctx.args)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)),
+                None, None, None)
+
     def qk_setup(ctx, inputs, output):
         q, k, rpb, rpe, kernel_size, dilation, clamp, scale = inputs
         ctx.save_for_backward(q, k, rpe)
@@ -214,6 +260,8 @@ def _register() -> None:
 
     lib.register_autograd('mmattn::na2d_fused_train', fused_train_backward,
                           setup_context=fused_train_setup)
+    lib.register_autograd('mmattn::na2d_split_rpe_train', split_train_backward,
+                          setup_context=split_train_setup)
     lib.register_autograd('mmattn::na2d_qk', qk_backward, setup_context=qk_setup)
     lib.register_autograd('mmattn::na2d_av', av_backward, setup_context=av_setup)
 

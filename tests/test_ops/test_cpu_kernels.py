@@ -127,8 +127,8 @@ for (H, W, D, ks, dilation) in ((6, 5, 3, 7, 1), (7, 8, 5, 5, 3), (11, 13, 4, 3,
             lambda q, k, v: na2d(q, k, v, ks, dilation),
             lambda q, k, v: na2d_reference(q, k, v, ks, dilation), views)
 
-# SASA's split tables given to na2d_split_rpe (inference: the op builds the kernels' separable
-# form from them), on W-contiguous views: head dims 6, 10 and 16 (half-tables of 3, 5 and 8
+# SASA's split tables given to na2d_split_rpe (the ops build the kernels' separable form from
+# them), on W-contiguous views, in inference and training: head dims 6, 10 and 16 (half-tables of 3, 5 and 8
 # channels), widths with partial last vectors, dilation 2, a map smaller than the window
 for (H, W, D, ks, dilation) in ((9, 17, 6, 5, 1), (6, 23, 16, 7, 1), (11, 13, 10, 3, 2),
                                 (3, 5, 4, 7, 1)):
@@ -142,6 +142,14 @@ for (H, W, D, ks, dilation) in ((9, 17, 6, 5, 1), (6, 23, 16, 7, 1), (11, 13, 10
     errors[f'na2d split rpe {H}x{W} D={D} k={ks} d={dilation}'] = [
         (out - expect).abs().max().item(),
         ((f32 - expect).abs().max() / expect.abs().max()).item()]
+    # training (na2d_split_rpe_train and its backward): gradients of the views' parent and tables
+    compare(f'na2d split rpe training {H}x{W} D={D} k={ks} d={dilation}',
+            lambda x, h, w: na2d_split_rpe(*(t.view(1, 2, D, H, W).permute(0, 1, 3, 4, 2)
+                                             for t in x.split(2 * D, 1)), ks, h, w, dilation, 1.0),
+            lambda x, h, w: na2d_reference(*(t.view(1, 2, D, H, W).permute(0, 1, 3, 4, 2)
+                                             for t in x.split(2 * D, 1)), ks, dilation,
+                                           rpe=concat_relative_embedding(h, w), scale=1.0),
+            [rnd(1, 6 * D, H, W), *rel])
 
 # heads of 3, 1, 5 (4 + 1) and 8 channels; widths with and without a partial last vector, with
 # several row chunks (70 and 33 columns); maps of fewer rows than a band (8) and than the window

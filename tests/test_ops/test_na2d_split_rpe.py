@@ -1,7 +1,9 @@
 """Tests of ``mmattn.ops.na2d_split_rpe``: ``na2d`` with border 'mask' and SASA's relative
 embedding given by its row and column tables, ``rpe[h, a, b] = concat(rel_h[h, a], rel_w[h, b])``.
-Where no gradient is asked for on the CPU, the op ``mmattn::na2d_split_rpe`` builds the kernels'
-separable form from the tables; elsewhere the function calls ``na2d`` with the concatenated table.
+On the CPU the ops build the kernels' separable form from the tables: ``mmattn::na2d_split_rpe``
+where no gradient is asked for, ``mmattn::na2d_split_rpe_train`` (and its backward, which takes the
+tables' gradients from the row and column sums of d_logits) in float32/float64 training;
+elsewhere the function calls ``na2d`` with the concatenated table.
 
 Oracles: the pixel loop of ``specs/ops.md`` section 1 (``_na2d.na2d_oracle``) on a table built
 here entry by entry, the float64 reference ``na2d_reference`` (checked against the oracle in
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 import mmattn.ops._ext as ext
+import mmattn.ops.neighborhood as neighborhood
 from mmattn.ops import concat_relative_embedding, na2d, na2d_reference, na2d_split_rpe
 
 from _na2d import BF16_TOL, FP32_TOL, FP64_TOL, GRADCHECK, na2d_oracle
@@ -126,23 +129,82 @@ def test_bfloat16_is_computed_in_float32():
     torch.testing.assert_close(out.float(), expect, **BF16_TOL)
 
 
+TRAIN_OP = 'mmattn::na2d_split_rpe_train'
+
+
 @needs_ops
-def test_gradients_take_the_differentiable_path(record_ops):
-    q, k, v, rel_h, rel_w = make(1, 2, 5, 6, 4, 3, seed=5)
+@pytest.mark.parametrize('dilation', [1, 2])
+def test_training_op_gradcheck(dilation, record_ops):
+    # float64 finite differences of the training op (d_q's rpe share and the tables' gradients
+    # from the row and column sums of d_logits); D = 6, a map smaller than the window's reach
+    q, k, v, rel_h, rel_w = make(1, 2, 5, 6, 6, 3, seed=5)
     inputs = [t.clone().requires_grad_() for t in (q, k, v, rel_h, rel_w)]
 
     def fn(q, k, v, rel_h, rel_w):
-        return na2d_split_rpe(q, k, v, 3, rel_h, rel_w, dilation=1, scale=0.7)
+        return na2d_split_rpe(q, k, v, 3, rel_h, rel_w, dilation=dilation, scale=0.7)
 
     with record_ops() as rec:
-        fn(*inputs)
-    assert OP not in rec.mmattn_ops() and rec.mmattn_ops()  # na2d's ops
+        fn(*inputs).sum().backward()
+    assert rec.mmattn_ops() == [TRAIN_OP, TRAIN_OP + '_backward']
     assert torch.autograd.gradcheck(fn, inputs, **GRADCHECK)
-    # only the tables asking for a gradient is enough to leave the op
+
+
+@needs_ops
+@pytest.mark.parametrize('B, heads, H, W, D, ks, dilation, views', [
+    pytest.param(2, 3, 9, 13, 6, 5, 1, True, id='D6-views-B2'),
+    pytest.param(1, 2, 11, 7, 10, 3, 2, False, id='dilation2-D10'),
+    pytest.param(1, 1, 3, 4, 4, 7, 1, True, id='map-smaller-than-window'),
+])
+def test_training_gradients_match_the_reference(B, heads, H, W, D, ks, dilation, views):
+    q, k, v, rel_h, rel_w = make(B, heads, H, W, D, ks, seed=6, views=views)
+    grad_out = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+    def run(fn, dtype, rpe_of):
+        xs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, rel_h, rel_w)]
+        out = fn(*xs[:3], ks, dilation, rpe_of(xs[3], xs[4]))
+        return [out.double()] + [g.double() for g in
+                                 torch.autograd.grad(out, xs, grad_out.to(dtype))]
+
+    expect = run(lambda q, k, v, ks, d, rpe: na2d_reference(q, k, v, ks, d, rpe=rpe, scale=1.0),
+                 torch.float64, table_by_entries)
+    split = lambda q, k, v, ks, d, tables: na2d_split_rpe(q, k, v, ks, *tables, d, 1.0)  # noqa
+    for got, want in zip(run(split, torch.float64, lambda h, w: (h, w)), expect):
+        torch.testing.assert_close(got, want, **FP64_TOL)
+    for i, (got, want) in enumerate(zip(run(split, torch.float32, lambda h, w: (h, w)), expect)):
+        # the tables' gradients are sums over every query: atol scaled with their size
+        tol = FP32_TOL if i < 4 else dict(rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        torch.testing.assert_close(got, want, **tol)
+
+
+@needs_ops
+def test_training_at_sasa_stage_one_matches_na2d(record_ops):
+    # float32 at SASA-ResNet-50's first stage (8 heads of 8 channels, 56x56) on the views of one
+    # qkv map: the gradients of the map and the tables against na2d with the concatenated table
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 192, 56, 56, generator=g)
+    tables = [torch.randn(8, 7, 4, generator=g) for _ in range(2)]
+    grad_out = torch.randn(1, 8, 56, 56, 8, generator=g)
+    results = []
+    for split in (True, False):
+        xs = [t.clone().requires_grad_() for t in [x] + tables]
+        q, k, v = (t.view(1, 8, 8, 56, 56).permute(0, 1, 3, 4, 2) for t in xs[0].split(64, 1))
+        with record_ops() as rec:
+            out = (na2d_split_rpe(q, k, v, 7, xs[1], xs[2], scale=1.0) if split else
+                   na2d(q, k, v, 7, rpe=concat_relative_embedding(xs[1], xs[2]), scale=1.0))
+        assert (TRAIN_OP in rec.mmattn_ops()) == split
+        results.append([out] + list(torch.autograd.grad(out, xs, grad_out)))
+    for i, (a, b) in enumerate(zip(*results)):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale, msg=f'output/grad {i}')
+
+
+@needs_ops
+def test_gradients_of_the_tables_alone(record_ops):
+    q, k, v, rel_h, rel_w = make(1, 2, 5, 6, 4, 3, seed=5)
     rel = [t.clone().requires_grad_() for t in (rel_h, rel_w)]
     with record_ops() as rec:
         out = na2d_split_rpe(q, k, v, 3, *rel, scale=0.7)
-    assert OP not in rec.mmattn_ops()
+    assert rec.mmattn_ops() == [TRAIN_OP]
     d_rel = torch.autograd.grad(out.sum(), rel)
     expect = torch.autograd.grad(
         na2d_reference(q, k, v, 3, rpe=concat_relative_embedding(*rel), scale=0.7).sum(), rel)
@@ -151,13 +213,27 @@ def test_gradients_take_the_differentiable_path(record_ops):
 
 
 @needs_ops
+def test_bfloat16_training_takes_na2d(record_ops):
+    # as na2d, which trains reduced precision through na2d_qk -> softmax -> na2d_av
+    q, k, v, rel_h, rel_w = (t.bfloat16().requires_grad_() for t in make(1, 2, 5, 6, 4, 3))
+    with record_ops() as rec:
+        na2d_split_rpe(q, k, v, 3, rel_h, rel_w).float().sum().backward()
+    assert TRAIN_OP not in rec.mmattn_ops() and 'mmattn::na2d_qk' in rec.mmattn_ops()
+    assert rel_h.grad is not None and rel_h.grad.dtype == torch.bfloat16
+
+
+@needs_ops
 def test_graph_capture_takes_the_composition(monkeypatch, record_ops):
     # a trace (FLOP counting, export) sees na2d, which the exporters and counters know
     monkeypatch.setattr(ext, 'capturing_graph', lambda: True)
+    monkeypatch.setattr(neighborhood, 'capturing_graph', lambda: True)
     q, k, v, rel_h, rel_w = make(1, 2, 5, 6, 4, 3, seed=6)
     with record_ops() as rec, torch.no_grad():
         out = na2d_split_rpe(q, k, v, 3, rel_h, rel_w, scale=1.0)
     assert rec.mmattn_ops() == ['mmattn::na2d_fused']
+    with record_ops() as rec:  # training: na2d's own training op
+        na2d_split_rpe(q, k, v, 3, rel_h.requires_grad_(), rel_w, scale=1.0)
+    assert rec.mmattn_ops() == ['mmattn::na2d_fused_train']
     expect = na2d_reference(q, k, v, 3, rpe=table_by_entries(rel_h, rel_w), scale=1.0)
     torch.testing.assert_close(out, expect, **FP64_TOL)
 

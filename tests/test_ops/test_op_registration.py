@@ -12,7 +12,8 @@ import torch
 from mmattn.ops import has_compiled_ops
 
 OPS = ('na2d_qk', 'na2d_qk_backward', 'na2d_av', 'na2d_av_backward', 'na2d_fused',
-       'na2d_split_rpe', 'na2d_fused_train', 'na2d_fused_train_backward', 'ghost_head_aggregate',
+       'na2d_split_rpe', 'na2d_split_rpe_train', 'na2d_split_rpe_train_backward',
+       'na2d_fused_train', 'na2d_fused_train_backward', 'ghost_head_aggregate',
        'ghost_head_aggregate_backward', 'ghost_head_softmax_aggregate', 'grouped_conv2d',
        'grouped_conv2d_weight_grad', 'hadamard_conv_gelu')
 
@@ -41,6 +42,7 @@ def _opcheck_cases():
                                                        requires_grad=True)
     gmul, gadd = _t(6, 3, 3, grad=True), _t(6, 3, 3, grad=True)
     parent = torch.randn(1, 16, 5, 6).contiguous(memory_format=torch.channels_last)
+    split_qkv, split_tables = [_t(1, 2, 6, 7, 4) for _ in range(3)], [_t(2, 3, 2) for _ in range(2)]
     ops = torch.ops.mmattn
     return [
         ('na2d_qk-mask-rpb+rpe', ops.na2d_qk.default, (q, k, rpb, rpe, ks, d, False, 0.5)),
@@ -58,6 +60,13 @@ def _opcheck_cases():
         ('na2d_split_rpe', ops.na2d_split_rpe.default,
          (_t(1, 2, 6, 7, 4), _t(1, 2, 6, 7, 4), _t(1, 2, 6, 7, 4), _t(2, 3, 2), _t(2, 3, 2), ks,
           d, 1.0)),
+        ('na2d_split_rpe_train', ops.na2d_split_rpe_train.default,
+         (_t(1, 2, 6, 7, 4, grad=True), _t(1, 2, 6, 7, 4, grad=True), _t(1, 2, 6, 7, 4, grad=True),
+          _t(2, 3, 2, grad=True), _t(2, 3, 2, grad=True), ks, d, 0.5)),
+        ('na2d_split_rpe_train_backward', ops.na2d_split_rpe_train_backward.default,
+         (_t(1, 2, 6, 7, 4), *split_qkv,
+          ops.na2d_split_rpe_train(*split_qkv, *split_tables, ks, d, 0.5)[1], *split_tables, ks,
+          d, 0.5)),
         ('na2d_fused_train-rpb+rpe', ops.na2d_fused_train.default, (q, k, v, rpb, rpe, ks, d, 0.5)),
         ('na2d_fused_train-plain', ops.na2d_fused_train.default, (q, k, v, None, None, 3, 1, 0.5)),
         ('na2d_fused_train_backward', ops.na2d_fused_train_backward.default,
@@ -80,7 +89,7 @@ def _opcheck_cases():
 
 
 @needs_ext
-@pytest.mark.parametrize('case', range(16), ids=[c[0] for c in _opcheck_cases()])
+@pytest.mark.parametrize('case', range(18), ids=[c[0] for c in _opcheck_cases()])
 def test_opcheck(case):
     # schema, fake kernel vs real kernel, autograd registration, AOT dispatch (dynamic shapes)
     name, op, args = _opcheck_cases()[case]

@@ -181,6 +181,13 @@ TORCH_LIBRARY(mmattn, m) {
   m.def("na2d_fused_train_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor attn_s, "
         "Tensor? rpe, int kernel_size, int dilation, float scale, bool with_rpb) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // CPU only: the training pass of na2d_split_rpe and its backward (d_q, d_k, d_v, d_rel_h,
+  // d_rel_w)
+  m.def("na2d_split_rpe_train(Tensor q, Tensor k, Tensor v, Tensor rel_h, Tensor rel_w, "
+        "int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
+  m.def("na2d_split_rpe_train_backward(Tensor grad, Tensor q, Tensor k, Tensor v, "
+        "Tensor attn_s, Tensor rel_h, Tensor rel_w, int kernel_size, int dilation, float scale) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // CPU only: ELSA's k x k grouped convolution (stride 1, 'same' padding) of a channels-last map.
   m.def("grouped_conv2d(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // its weight and bias gradients (the bias one empty unless with_bias)

@@ -507,6 +507,17 @@ SeparableRpe split_rpe_tables(const Tensor& rel_h, const Tensor& rel_w) {
   return sep;
 }
 
+// Sets the logits kernels' rpe to the separable form of SASA's tables (split_rpe_tables); `sep`
+// keeps them alive for the call.
+template <typename T>
+void set_split_rpe(Na2dBuffers<T>& p, const Tensor& rel_h, const Tensor& rel_w,
+                   SeparableRpe& sep) {
+  sep = split_rpe_tables<T>(rel_h, rel_w);
+  p.rpe_a = sep.tables.data_ptr<T>();
+  p.rpe_b = p.rpe_a + sep.tables[0].numel();
+  p.rpe_range = sep.ranges.data_ptr<int64_t>();
+}
+
 // mmattn::na2d_split_rpe (inference, no autograd): na2d_fused with border 'mask', no rpb or bias,
 // and SASA's rpe given by its two tables. The kernels take the tables' separable form built
 // directly from them: no (heads, k, k, D) table is concatenated, and no separability test runs.
@@ -519,29 +530,23 @@ Tensor na2d_split_rpe_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& 
   const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
   const Tensor rel_h = in_compute_type(rel_h_in), rel_w = in_compute_type(rel_w_in);
   return run_fused(q_in, k_in, v_in, std::nullopt, std::nullopt, g, scale,
-                   [&](auto& p, SeparableRpe& sep) {
-                     using T = typename std::remove_reference_t<decltype(p)>::value_type;
-                     sep = split_rpe_tables<T>(rel_h, rel_w);
-                     p.rpe_a = sep.tables.data_ptr<T>();
-                     p.rpe_b = p.rpe_a + sep.tables[0].numel();
-                     p.rpe_range = sep.ranges.data_ptr<int64_t>();
-                   });
+                   [&](auto& p, SeparableRpe& sep) { set_split_rpe(p, rel_h, rel_w, sep); });
 }
 
 // The fused training pass (CPU only, border 'mask', no bias): the inference kernel, which also
 // writes the probabilities in the strip layout (B, heads, H, k*k, Wp) for the backward pass. It
 // replaces na2d_qk -> softmax -> na2d_av, whose logits and probabilities each cross memory in
 // the op layout and are transposed to and from the strip layout by every op.
-std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor& k_in,
-                                                const Tensor& v_in, const OptTensor& rpb_in,
-                                                const OptTensor& rpe_in, int64_t kernel_size,
-                                                int64_t dilation, double scale) {
-  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
-  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
-  check_na2d_extras(q_in, rpb_in, rpe_in, std::nullopt, kernel_size, false);
-  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+// The fused training kernel on q, k, v with rpb (undefined: none) and the rpe that
+// set_rpe_(p, sep) puts into p, as run_fused: the output and the probabilities in the strip
+// layout (B, heads, H, k*k, Wp).
+template <typename SetRpe>
+std::tuple<Tensor, Tensor> run_fused_train(const Tensor& q_in, const Tensor& k_in,
+                                           const Tensor& v_in, const OptTensor& rpb_in,
+                                           const StripGeometry& g, double scale,
+                                           SetRpe&& set_rpe_) {
   const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in);
-  const OptTensor rpb = compute_dtype(rpb_in), rpe = compute_dtype(rpe_in);
+  const OptTensor rpb = compute_dtype(rpb_in);
   Tensor out = output_like(q_in);
   Tensor attn_s = at::empty({g.B, g.heads, g.H, g.kk(), g.Wp}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_fused_train_cpu", [&] {
@@ -549,7 +554,7 @@ std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor
     p.q_op = op_rows<scalar_t>(q), p.k_op = op_rows<scalar_t>(k), p.v_op = op_rows<scalar_t>(v);
     p.rpb = ptr<scalar_t>(rpb);
     SeparableRpe sep;
-    set_rpe(p, rpe, sep);
+    set_rpe_(p, sep);
     p.attn_s = attn_s.data_ptr<scalar_t>();
     set_out(p, out);
     p.scale = static_cast<scalar_t>(scale);
@@ -559,30 +564,52 @@ std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor
   return {out.to(q_in.scalar_type()), attn_s};
 }
 
+std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor& k_in,
+                                                const Tensor& v_in, const OptTensor& rpb_in,
+                                                const OptTensor& rpe_in, int64_t kernel_size,
+                                                int64_t dilation, double scale) {
+  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  check_na2d_extras(q_in, rpb_in, rpe_in, std::nullopt, kernel_size, false);
+  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+  const OptTensor rpe = compute_dtype(rpe_in);
+  return run_fused_train(q_in, k_in, v_in, rpb_in, g, scale,
+                         [&](auto& p, SeparableRpe& sep) { set_rpe(p, rpe, sep); });
+}
+
+// The training pass of na2d_split_rpe (CPU only): na2d_fused_train with SASA's two tables, as
+// na2d_split_rpe_cpu takes them.
+std::tuple<Tensor, Tensor> na2d_split_rpe_train_cpu(const Tensor& q_in, const Tensor& k_in,
+                                                    const Tensor& v_in, const Tensor& rel_h_in,
+                                                    const Tensor& rel_w_in, int64_t kernel_size,
+                                                    int64_t dilation, double scale) {
+  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  check_na2d_split_rpe(q_in, rel_h_in, rel_w_in, kernel_size);
+  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+  const Tensor rel_h = in_compute_type(rel_h_in), rel_w = in_compute_type(rel_w_in);
+  return run_fused_train(q_in, k_in, v_in, std::nullopt, g, scale,
+                         [&](auto& p, SeparableRpe& sep) { set_split_rpe(p, rel_h, rel_w, sep); });
+}
+
 // Backward of na2d_fused_train: d_logits in the strip layout from the saved probabilities
 // (softmax_grad: dP = d_out . v), then d_v = P^T d_out and d_k = d_logits^T q (the inverse
 // neighbourhood), d_q = d_logits (k + rpe), d_rpb and d_rpe, as in na2d_av_backward and
 // na2d_qk_backward.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu(
-    const Tensor& grad_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-    const Tensor& attn_s_in, const OptTensor& rpe_in, int64_t kernel_size, int64_t dilation,
-    double scale, bool with_rpb) {
-  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
-  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
-  check_na2d_qkv(q_in, grad_in, kernel_size, dilation, false);
-  check_na2d_extras(q_in, std::nullopt, rpe_in, std::nullopt, kernel_size, false);
-  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+// The backward passes of the fused training pass without its rpe term: d_logits in the strip
+// layout (B, heads, H, k*k, Wp) into `ds_s` from the saved probabilities (softmax_grad: dP =
+// d_out . v), then d_v = P^T d_out, d_k = d_logits^T q (the inverse neighbourhood), and d_q =
+// d_logits (k + rpe) (rpe: undefined for none), with the d_rpb partials when rpb_part is defined.
+// q, k, v, go: the op-layout inputs in the compute dtype; `op` names the caller in errors.
+namespace {
+void fused_train_grads(const char* op, const Tensor& go, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const Tensor& attn_s_in, const OptTensor& rpe,
+                       const StripGeometry& g, double scale, const Tensor& ds_s, const Tensor& dq,
+                       const Tensor& dk, const Tensor& dv, const Tensor& rpb_part) {
   TORCH_CHECK(attn_s_in.sizes() == at::IntArrayRef({g.B, g.heads, g.H, g.kk(), g.Wp}) &&
-                  attn_s_in.is_contiguous() && attn_s_in.scalar_type() == compute_type(q_in),
-              "na2d_fused_train_backward: attn_s must be the contiguous (B, heads, H, k*k, Wp) "
-              "probabilities of na2d_fused_train, got ", attn_s_in.sizes());
-  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in),
-               go = in_compute_type(grad_in);
-  const OptTensor rpe = compute_dtype(rpe_in);
-  const auto opts = q.options();
-  Tensor ds_s = strip_buffer(4, {g.B, g.heads, g.H, g.kk(), g.Wp}, opts);
-  Tensor dq = output_like(q_in), dk = output_like(k_in), dv = output_like(v_in);
-  Tensor rpb_part = rpb_partials(with_rpb, g, opts, 5);
+                  attn_s_in.is_contiguous() && attn_s_in.scalar_type() == q.scalar_type(),
+              op, ": attn_s must be the contiguous (B, heads, H, k*k, Wp) probabilities of the "
+              "training pass, got ", attn_s_in.sizes());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_fused_train_backward_cpu", [&] {
     const Kernels<scalar_t> kn = kernels<scalar_t>();
     const scalar_t* attn_s = attn_s_in.data_ptr<scalar_t>();
@@ -597,9 +624,109 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu
     logits_backward<scalar_t>(kn, g, ds_s.data_ptr<scalar_t>(), nullptr, q, k, rpe, dq, dk,
                               rpb_part, scale);  // d_q, d_rpb partials, d_k
   });
+}
+}  // namespace
+
+// Backward of na2d_fused_train (fused_train_grads), with d_rpb and d_rpe as in
+// na2d_qk_backward.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_fused_train_backward_cpu(
+    const Tensor& grad_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+    const Tensor& attn_s_in, const OptTensor& rpe_in, int64_t kernel_size, int64_t dilation,
+    double scale, bool with_rpb) {
+  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, grad_in, kernel_size, dilation, false);
+  check_na2d_extras(q_in, std::nullopt, rpe_in, std::nullopt, kernel_size, false);
+  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in),
+               go = in_compute_type(grad_in);
+  const OptTensor rpe = compute_dtype(rpe_in);
+  const auto opts = q.options();
+  Tensor ds_s = strip_buffer(4, {g.B, g.heads, g.H, g.kk(), g.Wp}, opts);
+  Tensor dq = output_like(q_in), dk = output_like(k_in), dv = output_like(v_in);
+  Tensor rpb_part = rpb_partials(with_rpb, g, opts, 5);
+  fused_train_grads("na2d_fused_train_backward", go, q, k, v, attn_s_in, rpe, g, scale, ds_s, dq,
+                    dk, dv, rpb_part);
   const auto dtype = q_in.scalar_type();
   const auto [drpb, drpe] = extras_grads(rpb_part, rpe, ds_s, q, g, scale, q_in);
   return {dq.to(dtype), dk.to(dtype), dv.to(dtype), drpb, drpe};
+}
+
+namespace {
+// The strip-layout d_logits (rows, k*k, Wp) summed over the window columns, rows[h, a, query] =
+// sum_b ds[query, a*k + b], and over the window rows, cols[h, b, query] = sum_a ds[query, a*k +
+// b]: (heads, k, B*H*W) each, the queries (b, i, j) of head h in order, as the GEMMs of the
+// backward take them. One pass over ds, parallel over its (B, heads, H) rows.
+template <typename T>
+void window_sums(const T* ds, const StripGeometry& g, T* rows, T* cols) {
+  const int64_t k = g.k, kk = g.kk(), W = g.W, Wp = g.Wp, n = g.B * g.H * W;
+  at::parallel_for(0, g.rows(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = r % g.H, h = (r / g.H) % g.heads, b = r / (g.H * g.heads);
+      const int64_t query0 = (b * g.H + i) * W;  // of the row's first query
+      const T* d = ds + r * kk * Wp + g.P;
+      for (int64_t t = 0; t < k; ++t) {
+        std::fill_n(rows + (h * k + t) * n + query0, W, T(0));
+        std::fill_n(cols + (h * k + t) * n + query0, W, T(0));
+      }
+      for (int64_t a = 0; a < k; ++a) {
+        T* ra = rows + (h * k + a) * n + query0;
+        for (int64_t c = 0; c < k; ++c) {
+          const T* x = d + (a * k + c) * Wp;
+          T* cc = cols + (h * k + c) * n + query0;
+          for (int64_t w = 0; w < W; ++w) ra[w] += x[w], cc[w] += x[w];
+        }
+      }
+    }
+  });
+}
+}  // namespace
+
+// Backward of na2d_split_rpe_train. The rpe's share of d_q and the tables' gradients need only
+// the d_logits summed over the window columns (rows: (B, heads, H, k, W), one per window row a)
+// and over the window rows (cols: one per window column b), not the (heads, k, k, D) d_rpe:
+//   d_q[c < D/2]  += scale * sum_a rows[a] rel_h[h, a, c]
+//   d_q[c >= D/2] += scale * sum_b cols[b] rel_w[h, b, c - D/2]
+//   d_rel_h[h, a, c] = scale * sum over the queries of rows[a] q[c],   c < D/2
+//   d_rel_w[h, b, c] = scale * sum over the queries of cols[b] q[D/2 + c]
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_split_rpe_train_backward_cpu(
+    const Tensor& grad_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+    const Tensor& attn_s_in, const Tensor& rel_h_in, const Tensor& rel_w_in, int64_t kernel_size,
+    int64_t dilation, double scale) {
+  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  check_na2d_qkv(q_in, grad_in, kernel_size, dilation, false);
+  check_na2d_split_rpe(q_in, rel_h_in, rel_w_in, kernel_size);
+  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
+  const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in),
+               go = in_compute_type(grad_in);
+  const Tensor rel_h = in_compute_type(rel_h_in), rel_w = in_compute_type(rel_w_in);
+  Tensor ds_s = strip_buffer(4, {g.B, g.heads, g.H, g.kk(), g.Wp}, q.options());
+  Tensor dq = output_like(q_in), dk = output_like(k_in), dv = output_like(v_in);
+  fused_train_grads("na2d_split_rpe_train_backward", go, q, k, v, attn_s_in, std::nullopt, g,
+                    scale, ds_s, dq, dk, dv, Tensor());
+  const int64_t half = g.D / 2, n = g.B * g.H * g.W;
+  Tensor rows = at::empty({g.heads, g.k, n}, q.options()), cols = at::empty_like(rows);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_window_sums", [&] {
+    window_sums<scalar_t>(ds_s.data_ptr<scalar_t>(), g, rows.data_ptr<scalar_t>(),
+                          cols.data_ptr<scalar_t>());
+  });
+  // per head, with the queries as the long dimension: (k, n) x (n, D/2) for the tables'
+  // gradients, (n, k) x (k, D/2) for d_q's share; q's halves as (heads, n, D/2) matrices (views
+  // for batch 1, copies otherwise)
+  auto per_head = [&](const Tensor& x) {  // (B, heads, H, W, C) -> (heads, n, C)
+    return x.permute({1, 0, 2, 3, 4}).reshape({g.heads, n, x.size(4)});
+  };
+  const Tensor drel_h = at::bmm(rows, per_head(q.narrow(4, 0, half))).mul_(scale);
+  const Tensor drel_w = at::bmm(cols, per_head(q.narrow(4, half, half))).mul_(scale);
+  auto as_op_layout = [&](const Tensor& x) {  // (heads, n, C) -> (B, heads, H, W, C)
+    return x.view({g.heads, g.B, g.H, g.W, x.size(2)}).permute({1, 0, 2, 3, 4});
+  };
+  dq.narrow(4, 0, half).add_(as_op_layout(at::bmm(rows.transpose(1, 2), rel_h)), scale);
+  dq.narrow(4, half, half).add_(as_op_layout(at::bmm(cols.transpose(1, 2), rel_w)), scale);
+  const auto dtype = q_in.scalar_type();
+  return {dq.to(dtype), dk.to(dtype), dv.to(dtype), drel_h.to(rel_h_in.scalar_type()),
+          drel_w.to(rel_w_in.scalar_type())};
 }
 
 }  // namespace cpu
@@ -614,4 +741,6 @@ TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("na2d_split_rpe", &mmattn::cpu::na2d_split_rpe_cpu);
   m.impl("na2d_fused_train", &mmattn::cpu::na2d_fused_train_cpu);
   m.impl("na2d_fused_train_backward", &mmattn::cpu::na2d_fused_train_backward_cpu);
+  m.impl("na2d_split_rpe_train", &mmattn::cpu::na2d_split_rpe_train_cpu);
+  m.impl("na2d_split_rpe_train_backward", &mmattn::cpu::na2d_split_rpe_train_backward_cpu);
 }
