@@ -111,7 +111,7 @@ class SASAAttention(BaseModule):
         Built on every call: a table cached between calls could not see writes through
         ``.data`` (EMA hooks update their model's parameters that way, without a version bump).
         ``forward`` hands ``na2d_split_rpe`` the two tables instead, which builds this table only
-        where it falls back to ``na2d`` (training, CUDA, traces).
+        where it falls back to ``na2d`` (fp16/bf16 training, CUDA, traces).
         """
         return concat_relative_embedding(self.rel_h, self.rel_w)
 

@@ -10,5 +10,5 @@ from .neighborhood import concat_relative_embedding, na2d, na2d_split_rpe
 from .reference import ghost_head_aggregate_reference, na2d_reference
 
 __all__ = ['na2d', 'na2d_split_rpe', 'concat_relative_embedding', 'ghost_head_aggregate',
-           'ghost_head_softmax_aggregate', 'grouped_conv2d', 'hadamard_conv_gelu', 'na2d_reference',
-           'ghost_head_aggregate_reference', 'has_compiled_ops', 'has_cuda_kernels', 'capturing_graph']
+           'ghost_head_softmax_aggregate', 'grouped_conv2d', 'hadamard_conv_gelu',
+           'na2d_reference', 'ghost_head_aggregate_reference', 'has_compiled_ops', 'has_cuda_kernels', 'capturing_graph']

@@ -94,8 +94,8 @@ def cpu_inference_runs(*tensors) -> bool:
     """Whether an inference-only CPU op (one without autograd, e.g. ``mmattn::na2d_split_rpe``)
     may run on ``tensors`` (``None`` entries are skipped): compiled ops, CPU tensors, eager
     execution (no trace or export) and no gradient asked for (grad mode off, or no tensor that
-    requires one). Where it may not, its Python function computes the differentiable
-    composition the op stands for."""
+    requires one). Where it may not, its Python function takes another route (a training op, or
+    the differentiable composition the op stands for)."""
     if not has_compiled_ops() or capturing_graph():
         return False
     import torch

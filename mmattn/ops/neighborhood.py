@@ -6,6 +6,10 @@ the same kernel saving the probabilities in its own (strip) layout, and one back
 other training case runs three ops (``na2d_qk`` -> softmax -> ``na2d_av``), each with its own
 backward kernel. The ops are ``torch.library`` operators with fake kernels, so
 ``torch.compile``, ``torch.fx`` and ``torch.jit.trace`` see them as single nodes.
+
+``mmattn.ops.na2d_split_rpe`` is ``na2d`` with SASA's relative embedding given as its row and
+column tables; its CPU ops (``na2d_split_rpe``, ``na2d_split_rpe_train``) take the tables as they
+are.
 """
 from typing import Optional
 
@@ -106,15 +110,14 @@ def na2d_split_rpe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_siz
     """
     check_na2d(q, k, v, kernel_size, dilation, 'mask', None, None, None, scale)
     check_split_rpe(q, rel_h, rel_w, kernel_size)
+    op_scale = float(q.shape[-1]**-0.5 if scale is None else scale)
     if cpu_inference_runs(q, k, v, rel_h, rel_w):
-        scale = float(q.shape[-1]**-0.5 if scale is None else scale)
         # .default: the overload itself, without the packet's overload resolution (a few us)
         return torch.ops.mmattn.na2d_split_rpe.default(q, k, v, rel_h, rel_w, kernel_size,
-                                                       dilation, scale)
+                                                       dilation, op_scale)
     if _split_training_runs(q, k, v, rel_h, rel_w):
-        scale = float(q.shape[-1]**-0.5 if scale is None else scale)
         return torch.ops.mmattn.na2d_split_rpe_train.default(q, k, v, rel_h, rel_w, kernel_size,
-                                                             dilation, scale)[0]
+                                                             dilation, op_scale)[0]
     return na2d(q, k, v, kernel_size, dilation, 'mask',
                 rpe=concat_relative_embedding(rel_h, rel_w), scale=scale)
 

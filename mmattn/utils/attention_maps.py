@@ -22,6 +22,7 @@ Registered here:
   and are left out).
 """
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -184,8 +185,6 @@ def _elsa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
 
 def _sasa_hook(layer: nn.Module, call: LayerCall, query_px: Tuple[int, int],
                image_size: Tuple[int, int]) -> QueryMap:
-    import inspect
-
     import mmattn.layers.sasa_attention as sasa
     from mmattn.ops import concat_relative_embedding
     from mmattn.ops.reference import na2d_qk_reference

@@ -58,30 +58,37 @@ def test_layer_head_dims(head_dim):
 @pytest.mark.parametrize('head_dim, stride, dtype', [(8, 1, torch.float64), (16, 2, torch.float64),
                                                      (32, 1, torch.float32),
                                                      (64, 2, torch.float32)])
-def test_inference_takes_the_two_tables(head_dim, stride, dtype):
+def test_inference_takes_the_two_tables(head_dim, stride, dtype, record_ops):
     """Without gradients the layer hands na2d_split_rpe its rel_h / rel_w (no concatenated
     table; mmattn::na2d_split_rpe runs); the output is still the paper's."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
-
     torch.manual_seed(head_dim)
     layer = SASAAttention(2 * head_dim, num_heads=2, kernel_size=7, stride=stride).to(**F64)
     x = torch.randn(1, 2 * head_dim, 10, 9, **F64)
     expect = sasa_unfold_reference(layer, x).detach()
     layer.to(dtype).eval()
-    with Ops() as ops, torch.no_grad():
+    with record_ops() as rec, torch.no_grad():
         out = layer(x.to(dtype))
-    assert 'mmattn::na2d_split_rpe' in ops.names and 'aten::cat' not in ops.names
+    assert 'mmattn::na2d_split_rpe' in rec.ops and 'aten::cat' not in rec.ops
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(out.double(), expect, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not has_compiled_ops(), reason='mmattn._C is not built')
+def test_training_takes_the_split_training_op(record_ops):
+    """With gradients (float32/float64 on the CPU) the layer trains through
+    mmattn::na2d_split_rpe_train: no concatenated table, the paper's output and gradients."""
+    torch.manual_seed(1)
+    layer = SASAAttention(16, num_heads=2, kernel_size=5).to(**F64).train()
+    x = torch.randn(2, 16, 7, 6, **F64, requires_grad=True)
+    with record_ops() as rec:
+        out = layer(x)
+    assert 'mmattn::na2d_split_rpe_train' in rec.ops and 'aten::cat' not in rec.ops
+    ref = sasa_unfold_reference(layer, x)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    params = [x, layer.qkv.weight, layer.rel_h, layer.rel_w]
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_rpe_path_equals_bias_path():

@@ -128,8 +128,9 @@ for (H, W, D, ks, dilation) in ((6, 5, 3, 7, 1), (7, 8, 5, 5, 3), (11, 13, 4, 3,
             lambda q, k, v: na2d_reference(q, k, v, ks, dilation), views)
 
 # SASA's split tables given to na2d_split_rpe (the ops build the kernels' separable form from
-# them), on W-contiguous views, in inference and training: head dims 6, 10 and 16 (half-tables of 3, 5 and 8
-# channels), widths with partial last vectors, dilation 2, a map smaller than the window
+# them), on W-contiguous views, in inference and training: head dims 6, 10 and 16 (half-tables
+# of 3, 5 and 8 channels), widths with partial last vectors, dilation 2, a map smaller than the
+# window
 for (H, W, D, ks, dilation) in ((9, 17, 6, 5, 1), (6, 23, 16, 7, 1), (11, 13, 10, 3, 2),
                                 (3, 5, 4, 7, 1)):
     views = [rnd(1, 2, D, H, W).permute(0, 1, 3, 4, 2) for _ in range(3)]
@@ -390,7 +391,7 @@ def test_full_channel_blocks_do_not_depend_on_thread_count(case):
     vectors and a tail for 8 and 16 lanes) and k=5 (a 4-column register block and one left
     over), with SASA's separable rpe on W-contiguous views (fused inference and fused training),
     a bias with dilation 2 (fused inference), and 'clamp' (fused inference)."""
-    from mmattn.ops import concat_relative_embedding, na2d
+    from mmattn.ops import concat_relative_embedding, na2d, na2d_split_rpe
     B, heads, H, W, D, ks = 1, 2, 13, 21, 16, 5
     previous = torch.get_num_threads()
     results = []
@@ -409,6 +410,12 @@ def test_full_channel_blocks_do_not_depend_on_thread_count(case):
                     out = [na2d(q, k, v, ks, **kwargs)]
                 trained = na2d(q, k, v, ks, **kwargs)
                 grad_out = torch.randn(trained.shape, generator=g)
+                out += [trained, *torch.autograd.grad(trained, [x] + rel, grad_out)]
+                # the same through the two tables (na2d_split_rpe and its training op, whose
+                # backward sums over the queries in its GEMMs)
+                with torch.no_grad():
+                    out.append(na2d_split_rpe(q, k, v, ks, *rel, scale=1.0))
+                trained = na2d_split_rpe(q, k, v, ks, *rel, scale=1.0)
                 out += [trained, *torch.autograd.grad(trained, [x] + rel, grad_out)]
             else:
                 q, k, v = (torch.randn(B, heads, H, W, D, generator=g) for _ in range(3))

@@ -9,7 +9,10 @@
 // of the CPU capability ATen reports (AVX512, AVX2 or the generic DEFAULT build of the same
 // code), parallel over the (B, heads, H) rows with at::parallel_for. Each output element is
 // written by one thread in a fixed order, and the reductions over pixels (d_rpb, d_rpe) are
-// summed in a fixed order, so results are bit-identical from run to run.
+// summed in a fixed order, so results are bit-identical from run to run. The exception is the
+// tables' gradients of na2d_split_rpe_train_backward, whose sums over the queries are inner
+// dimensions of ATen's bmm: their order is the BLAS library's (identical across runs and thread
+// counts in test_cpu_kernels.py).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -533,10 +536,6 @@ Tensor na2d_split_rpe_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& 
                    [&](auto& p, SeparableRpe& sep) { set_split_rpe(p, rel_h, rel_w, sep); });
 }
 
-// The fused training pass (CPU only, border 'mask', no bias): the inference kernel, which also
-// writes the probabilities in the strip layout (B, heads, H, k*k, Wp) for the backward pass. It
-// replaces na2d_qk -> softmax -> na2d_av, whose logits and probabilities each cross memory in
-// the op layout and are transposed to and from the strip layout by every op.
 // The fused training kernel on q, k, v with rpb (undefined: none) and the rpe that
 // set_rpe_(p, sep) puts into p, as run_fused: the output and the probabilities in the strip
 // layout (B, heads, H, k*k, Wp).
@@ -564,6 +563,10 @@ std::tuple<Tensor, Tensor> run_fused_train(const Tensor& q_in, const Tensor& k_i
   return {out.to(q_in.scalar_type()), attn_s};
 }
 
+// The fused training pass (CPU only, border 'mask', no bias): the inference kernel, which also
+// writes the probabilities in the strip layout (B, heads, H, k*k, Wp) for the backward pass. It
+// replaces na2d_qk -> softmax -> na2d_av, whose logits and probabilities each cross memory in
+// the op layout and are transposed to and from the strip layout by every op.
 std::tuple<Tensor, Tensor> na2d_fused_train_cpu(const Tensor& q_in, const Tensor& k_in,
                                                 const Tensor& v_in, const OptTensor& rpb_in,
                                                 const OptTensor& rpe_in, int64_t kernel_size,
@@ -592,15 +595,12 @@ std::tuple<Tensor, Tensor> na2d_split_rpe_train_cpu(const Tensor& q_in, const Te
                          [&](auto& p, SeparableRpe& sep) { set_split_rpe(p, rel_h, rel_w, sep); });
 }
 
-// Backward of na2d_fused_train: d_logits in the strip layout from the saved probabilities
-// (softmax_grad: dP = d_out . v), then d_v = P^T d_out and d_k = d_logits^T q (the inverse
-// neighbourhood), d_q = d_logits (k + rpe), d_rpb and d_rpe, as in na2d_av_backward and
-// na2d_qk_backward.
-// The backward passes of the fused training pass without its rpe term: d_logits in the strip
-// layout (B, heads, H, k*k, Wp) into `ds_s` from the saved probabilities (softmax_grad: dP =
-// d_out . v), then d_v = P^T d_out, d_k = d_logits^T q (the inverse neighbourhood), and d_q =
-// d_logits (k + rpe) (rpe: undefined for none), with the d_rpb partials when rpb_part is defined.
-// q, k, v, go: the op-layout inputs in the compute dtype; `op` names the caller in errors.
+// The backward passes of the fused training pass, short of the d_rpb and d_rpe reductions:
+// d_logits in the strip layout (B, heads, H, k*k, Wp) into `ds_s` from the saved probabilities
+// (softmax_grad: dP = d_out . v), then d_v = P^T d_out, d_k = d_logits^T q (the inverse
+// neighbourhood), and d_q = d_logits (k + rpe) (rpe: undefined for none), with the d_rpb
+// partials when rpb_part is defined. q, k, v, go: the op-layout inputs in the compute dtype;
+// `op` names the caller in errors.
 namespace {
 void fused_train_grads(const char* op, const Tensor& go, const Tensor& q, const Tensor& k,
                        const Tensor& v, const Tensor& attn_s_in, const OptTensor& rpe,
@@ -683,7 +683,7 @@ void window_sums(const T* ds, const StripGeometry& g, T* rows, T* cols) {
 }  // namespace
 
 // Backward of na2d_split_rpe_train. The rpe's share of d_q and the tables' gradients need only
-// the d_logits summed over the window columns (rows: (B, heads, H, k, W), one per window row a)
+// the d_logits summed over the window columns (rows: (heads, k, B*H*W), one per window row a)
 // and over the window rows (cols: one per window column b), not the (heads, k, k, D) d_rpe:
 //   d_q[c < D/2]  += scale * sum_a rows[a] rel_h[h, a, c]
 //   d_q[c >= D/2] += scale * sum_b cols[b] rel_w[h, b, c - D/2]

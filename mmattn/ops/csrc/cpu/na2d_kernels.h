@@ -77,7 +77,6 @@ struct OpRows {
 
 template <typename T>
 struct Na2dBuffers {
-  using value_type = T;
   // The D-channel inputs in the op layout, those the kernel reads: q, or d_out for d_attn; k, or
   // v (d_attn, av); v of the fused kernel; src: q (d_k) or d_out (d_v).
   OpRows<T> q_op, k_op, v_op, src_op;
