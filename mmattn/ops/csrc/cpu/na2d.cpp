@@ -521,19 +521,35 @@ void set_split_rpe(Na2dBuffers<T>& p, const Tensor& rel_h, const Tensor& rel_w,
   p.rpe_range = sep.ranges.data_ptr<int64_t>();
 }
 
+namespace {
+// What the na2d_split_rpe entry points check and prepare alike: q, k, v and the two tables
+// (check_na2d_split_rpe), the strip geometry, and the tables in the compute dtype.
+struct SplitRpeArgs {
+  StripGeometry g;
+  Tensor rel_h, rel_w;
+};
+
+SplitRpeArgs split_rpe_args(const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& rel_h, const Tensor& rel_w, int64_t kernel_size,
+                            int64_t dilation) {
+  check_na2d_qkv(q, k, kernel_size, dilation, false);
+  check_na2d_qkv(q, v, kernel_size, dilation, false);
+  check_na2d_split_rpe(q, rel_h, rel_w, kernel_size);
+  return {strip_geometry(q, kernel_size, dilation, false), in_compute_type(rel_h),
+          in_compute_type(rel_w)};
+}
+}  // namespace
+
 // mmattn::na2d_split_rpe (inference, no autograd): na2d_fused with border 'mask', no rpb or bias,
 // and SASA's rpe given by its two tables. The kernels take the tables' separable form built
 // directly from them: no (heads, k, k, D) table is concatenated, and no separability test runs.
 Tensor na2d_split_rpe_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                           const Tensor& rel_h_in, const Tensor& rel_w_in, int64_t kernel_size,
                           int64_t dilation, double scale) {
-  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
-  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
-  check_na2d_split_rpe(q_in, rel_h_in, rel_w_in, kernel_size);
-  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
-  const Tensor rel_h = in_compute_type(rel_h_in), rel_w = in_compute_type(rel_w_in);
-  return run_fused(q_in, k_in, v_in, std::nullopt, std::nullopt, g, scale,
-                   [&](auto& p, SeparableRpe& sep) { set_split_rpe(p, rel_h, rel_w, sep); });
+  const SplitRpeArgs a = split_rpe_args(q_in, k_in, v_in, rel_h_in, rel_w_in, kernel_size,
+                                         dilation);
+  return run_fused(q_in, k_in, v_in, std::nullopt, std::nullopt, a.g, scale,
+                   [&](auto& p, SeparableRpe& sep) { set_split_rpe(p, a.rel_h, a.rel_w, sep); });
 }
 
 // The fused training kernel on q, k, v with rpb (undefined: none) and the rpe that
@@ -586,13 +602,12 @@ std::tuple<Tensor, Tensor> na2d_split_rpe_train_cpu(const Tensor& q_in, const Te
                                                     const Tensor& v_in, const Tensor& rel_h_in,
                                                     const Tensor& rel_w_in, int64_t kernel_size,
                                                     int64_t dilation, double scale) {
-  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
-  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
-  check_na2d_split_rpe(q_in, rel_h_in, rel_w_in, kernel_size);
-  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
-  const Tensor rel_h = in_compute_type(rel_h_in), rel_w = in_compute_type(rel_w_in);
-  return run_fused_train(q_in, k_in, v_in, std::nullopt, g, scale,
-                         [&](auto& p, SeparableRpe& sep) { set_split_rpe(p, rel_h, rel_w, sep); });
+  const SplitRpeArgs a = split_rpe_args(q_in, k_in, v_in, rel_h_in, rel_w_in, kernel_size,
+                                         dilation);
+  return run_fused_train(q_in, k_in, v_in, std::nullopt, a.g, scale,
+                         [&](auto& p, SeparableRpe& sep) {
+                           set_split_rpe(p, a.rel_h, a.rel_w, sep);
+                         });
 }
 
 // The backward passes of the fused training pass, short of the d_rpb and d_rpe reductions:
@@ -693,14 +708,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> na2d_split_rpe_train_backward
     const Tensor& grad_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     const Tensor& attn_s_in, const Tensor& rel_h_in, const Tensor& rel_w_in, int64_t kernel_size,
     int64_t dilation, double scale) {
-  check_na2d_qkv(q_in, k_in, kernel_size, dilation, false);
-  check_na2d_qkv(q_in, v_in, kernel_size, dilation, false);
+  const SplitRpeArgs a = split_rpe_args(q_in, k_in, v_in, rel_h_in, rel_w_in, kernel_size,
+                                         dilation);
+  const StripGeometry& g = a.g;
+  const Tensor &rel_h = a.rel_h, &rel_w = a.rel_w;
   check_na2d_qkv(q_in, grad_in, kernel_size, dilation, false);
-  check_na2d_split_rpe(q_in, rel_h_in, rel_w_in, kernel_size);
-  const StripGeometry g = strip_geometry(q_in, kernel_size, dilation, false);
   const Tensor q = in_compute_type(q_in), k = in_compute_type(k_in), v = in_compute_type(v_in),
                go = in_compute_type(grad_in);
-  const Tensor rel_h = in_compute_type(rel_h_in), rel_w = in_compute_type(rel_w_in);
   Tensor ds_s = strip_buffer(4, {g.B, g.heads, g.H, g.kk(), g.Wp}, q.options());
   Tensor dq = output_like(q_in), dk = output_like(k_in), dv = output_like(v_in);
   fused_train_grads("na2d_split_rpe_train_backward", go, q, k, v, attn_s_in, std::nullopt, g,
