@@ -117,9 +117,11 @@ class SASAAttention(BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        # (B, heads, H, W, d) views of the conv output, W-contiguous: na2d's CPU kernels read them
-        # without a copy, and their gradients (in the same layout) go back to the conv through
-        # one concatenation (split's backward) instead of a transposing copy.
+        # (B, heads, H, W, d) views of the conv output, W-contiguous from an NCHW input and
+        # channel-contiguous from a channels-last one (SASAResNet.stage_layout): na2d's CPU
+        # kernels read either in place and write their output in the views' layout, so the
+        # permute back is a view; gradients (NCHW, the training layout) go back to the conv
+        # through one concatenation (split's backward) instead of a transposing copy.
         q, k, v = (t.view(B, self.num_heads, self.head_dim, H, W).permute(0, 1, 3, 4, 2)
                    for t in self.qkv(x).split(self.num_heads * self.head_dim, dim=1))
         out = na2d_split_rpe(q, k, v, self.kernel_size, self.rel_h, self.rel_w, scale=1.0)

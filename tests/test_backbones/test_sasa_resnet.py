@@ -1,4 +1,6 @@
 """SASA-ResNet backbones (specs/sasa_resnet.md S3-S6, V9-V11) and the family checklist."""
+from unittest import mock
+
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -74,8 +76,8 @@ def test_output_shapes(stem, size):
 
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
 def test_conv_stem_channels_last_path_matches_nchw(train):
-    """The CPU stem runs channels-last internally: same values and gradients as ATen's NCHW
-    conv / BN / ReLU / max-pool (float64), NCHW-contiguous output for the attention's views,
+    """The CPU stem runs channels-last: same values and gradients as ATen's NCHW conv / BN /
+    ReLU / max-pool (float64), a channels-last output (the backbone sets each stage's layout),
     and the same BN running statistics."""
     import copy
 
@@ -99,7 +101,7 @@ def test_conv_stem_channels_last_path_matches_nchw(train):
         F.relu(F.batch_norm(F.conv2d(x_ref, ref_stem.conv.weight, stride=2, padding=3),
                             bn.running_mean, bn.running_var, bn.weight, bn.bias, train,
                             bn.momentum, bn.eps)), 3, 2, 1)
-    assert out.shape == (2, 16, 8, 9) and out.is_contiguous()
+    assert out.shape == (2, 16, 8, 9) and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(out)
     out.backward(g)
@@ -114,6 +116,81 @@ def test_full_size_shapes():
     outs = SASAResNet(26, out_indices=(0, 1, 2, 3))(torch.randn(1, 3, 112, 137))
     assert [tuple(o.shape[-2:]) for o in outs] == [(28, 35), (14, 18), (7, 9), (4, 5)]
     assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+
+
+def stage_formats(model, x, grad=False):
+    """Per stage, whether its first block's input and its attention's output were
+    channels-last (and not also NCHW-contiguous), and the backbone's outputs."""
+    seen = []
+
+    def channels_last(t):
+        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+    hooks = []
+    for name in model.layer_names:
+        block = getattr(model, name)[0]
+        hooks.append(block.register_forward_pre_hook(
+            lambda m, args: seen.append([channels_last(args[0])])))
+        hooks.append(block.attn.register_forward_hook(
+            lambda m, args, out: seen[-1].append(channels_last(out))))
+    with torch.set_grad_enabled(grad):
+        outs = model(x)
+    for h in hooks:
+        h.remove()
+    return seen, outs
+
+
+def test_stage_layouts_follow_map_size_and_autograd():
+    """stage_layout: channels-last on the CPU for stages that build no autograd graph and whose
+    output map has >= channels_last_min_pixels pixels (28x28: stages 1-2 at 224x224, 1-3 at
+    512x512 for SASA-ResNet-50); NCHW for training and under graph capture."""
+    model = tiny().eval()
+    cin = model.out_channels
+    assert model.channels_last_min_pixels == 28 * 28
+
+    def layouts(size, **kw):
+        ins = [torch.empty(1, 16, size // 4, size // 4, **kw)] + [
+            torch.empty(1, cin[i], size // 2**(i + 2), size // 2**(i + 2), **kw)
+            for i in range(3)]
+        return [model.stage_layout(i, x) == torch.channels_last for i, x in enumerate(ins)]
+
+    with torch.no_grad():
+        assert layouts(224) == [True, True, False, False]
+        assert layouts(512) == [True, True, True, False]
+        assert layouts(800) == [True, True, True, False]  # stage 4: 25x25 = 625 pixels
+    # grad mode with trainable parameters (training): NCHW; frozen parameters: channels-last
+    assert layouts(224) == [False] * 4
+    model.layer1.requires_grad_(False)
+    assert layouts(224) == [True, False, False, False]
+    assert layouts(224, requires_grad=True) == [False] * 4  # a graph through the input
+    with torch.no_grad():
+        model.channels_last_min_pixels = 1
+        assert layouts(224) == [True] * 4
+        with mock.patch('mmattn.backbones.sasa_resnet.capturing_graph', return_value=True):
+            assert layouts(224) == [False] * 4
+
+
+@pytest.mark.parametrize('stem', ['conv', 'attention'])
+def test_channels_last_stages_match_nchw(stem):
+    """Inference with channels-last stages gives the NCHW run's outputs; the attention keeps the
+    channels-last layout (na2d writes its output in its views' layout, no conversion), and the
+    backbone's outputs are NCHW-contiguous."""
+    torch.manual_seed(0)
+    model = tiny(stem=stem).eval()
+    x = torch.randn(2, 3, 129, 147)  # stage outputs 33x37, 17x19, 9x10, 5x5
+    model.channels_last_min_pixels = 17 * 19
+    seen, outs = stage_formats(model, x)
+    assert seen == [[True, True], [True, True], [False, False], [False, False]]
+    assert all(o.is_contiguous() for o in outs)
+    model.channels_last_min_pixels = 10**9
+    seen, ref = stage_formats(model, x)
+    assert seen == [[False, False]] * 4
+    for a, b in zip(outs, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    model.train()  # training (grad) stays NCHW whatever the threshold
+    model.channels_last_min_pixels = 1
+    seen, _ = stage_formats(model, x, grad=True)
+    assert seen == [[False, False]] * 4
 
 
 @pytest.mark.parametrize('stem', ['conv', 'attention'])
