@@ -96,7 +96,13 @@ def cpu_inference_runs(*tensors) -> bool:
     execution (no trace or export) and no gradient asked for (grad mode off, or no tensor that
     requires one). Where it may not, its Python function takes another route (a training op, or
     the differentiable composition the op stands for)."""
-    if not has_compiled_ops() or capturing_graph():
+    return has_compiled_ops() and eager_cpu_inference(*tensors)
+
+
+def eager_cpu_inference(*tensors) -> bool:
+    """:func:`cpu_inference_runs` without the compiled ops: for inference-only paths through
+    other libraries' CPU kernels (oneDNN's fused linear in ``mmattn.layers.Mlp``)."""
+    if capturing_graph():
         return False
     import torch
     grad = torch.is_grad_enabled()
