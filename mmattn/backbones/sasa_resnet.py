@@ -69,7 +69,8 @@ class SASABottleneck(BaseModule):
 
 
 class ConvStem(nn.Module):
-    """ResNet stem: 7x7/2 convolution, BN, ReLU, 3x3/2 max-pool."""
+    """ResNet stem: 7x7/2 convolution, BN, ReLU, 3x3/2 max-pool (a channels-last output on the
+    CPU)."""
 
     def __init__(self, out_channels: int = 64, in_channels: int = 3,
                  norm_cfg: dict = dict(type='BN')) -> None:
@@ -111,6 +112,11 @@ class SASAResNet(BaseModule):
         with_cp (bool): activation checkpointing of every bottleneck. Defaults to False.
         zero_init_residual (bool): start every block's last BN at gamma = 0. Defaults to True.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+
+    The outputs are NCHW-contiguous. Inside, on the CPU, the stem and the large-map stages of
+    inference run channels-last (:meth:`stage_layout`), so forward hooks on the stem, the stages
+    or their blocks can see channels-last tensors there (``view`` across channels and pixels
+    needs a ``reshape``).
     """
     arch_settings: Dict[int, Tuple[int, int, int, int]] = {
         26: (1, 2, 4, 1),
@@ -217,10 +223,16 @@ class SASAResNet(BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = self.stem(x)
         outs = []
+        layout = self.stage_layout(0, x)
         for i, name in enumerate(self.layer_names):
-            x = getattr(self, name)(x.contiguous(memory_format=self.stage_layout(i, x)))
+            x = getattr(self, name)(x.contiguous(memory_format=layout))
+            if i + 1 < len(self.layer_names):
+                layout = self.stage_layout(i + 1, x)
             if i in self.out_indices:
-                outs.append(x.contiguous())  # NCHW whatever the stage ran in
+                out = x.contiguous()  # NCHW whatever the stage ran in
+                if layout == torch.contiguous_format:
+                    x = out  # the next stage's input too: one copy, not two
+                outs.append(out)
         return tuple(outs)
 
     def train(self, mode: bool = True) -> 'SASAResNet':

@@ -81,13 +81,15 @@ def has_compiled_ops() -> bool:
 
 def capturing_graph() -> bool:
     """Whether a graph is being captured: ``torch.jit`` tracing or scripting (mmengine's FLOP
-    counter), ``torch.compile``, or ``torch.export`` (the ONNX export; non-strict export counts
-    as compiling). Eager-only fast paths (layout tricks, Python autograd identities, branches on
-    sizes) check this first, so that a captured graph holds the plain operators and no size guard:
-    a branch on ``H % 2`` under a dynamic export fixes the parity of every later input."""
+    counter), ``torch.compile``, ``torch.export`` (the ONNX export; non-strict export counts
+    as compiling) or ``torch.fx`` symbolic tracing. Eager-only fast paths (layout tricks, Python
+    autograd identities, branches on sizes) check this first, so that a captured graph holds the
+    plain operators and no size guard: a branch on ``H % 2`` under a dynamic export fixes the
+    parity of every later input."""
     import torch
-    return (torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.compiler.is_compiling())
+    import torch.fx
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 
 def cpu_inference_runs(*tensors) -> bool:
@@ -101,10 +103,15 @@ def cpu_inference_runs(*tensors) -> bool:
 
 def eager_cpu_inference(*tensors) -> bool:
     """:func:`cpu_inference_runs` without the compiled ops: for inference-only paths through
-    other libraries' CPU kernels (oneDNN's fused linear in ``mmattn.layers.Mlp``)."""
+    other libraries' CPU kernels (oneDNN's fused linear in ``mmattn.layers.Mlp``). Forward-mode
+    AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) and functorch transforms count as
+    asking for a gradient: the inference kernels would drop the tangents."""
     if capturing_graph():
         return False
     import torch
+    import torch.autograd.forward_ad as forward_ad
+    if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        return False
     grad = torch.is_grad_enabled()
     for t in tensors:  # a plain loop: SASA-ResNet asks 16 times per forward
         if t is not None and (t.device.type != 'cpu' or (grad and t.requires_grad)):

@@ -168,6 +168,38 @@ def test_stage_layouts_follow_map_size_and_autograd():
         assert layouts(224) == [True] * 4
         with mock.patch('mmattn.backbones.sasa_resnet.capturing_graph', return_value=True):
             assert layouts(224) == [False] * 4
+        assert layouts(224, device='meta') == [False] * 4  # not the CPU
+
+
+def test_frozen_stage_trains_channels_last_and_outputs_are_copied_once():
+    """Mask R-CNN's setting (stage 1 frozen, BN in eval): stage 1 runs channels-last in
+    training, the others NCHW, with the gradients of a forced-NCHW run; a channels-last stage's
+    NCHW output is also the next NCHW stage's input (one copy, not two)."""
+    torch.manual_seed(0)
+    model = tiny(frozen_stages=1, norm_eval=True, zero_init_residual=False)
+    ref = tiny(frozen_stages=1, norm_eval=True, zero_init_residual=False)
+    ref.load_state_dict(model.state_dict())
+    ref.channels_last_min_pixels = 10**9
+    model.train(), ref.train()
+    x = torch.randn(2, 3, 128, 128)  # stage outputs 32x32 (channels-last), 16x16, 8x8, 4x4
+    inputs = []
+    model.layer2.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+    seen, outs = stage_formats(model, x, grad=True)
+    assert seen == [[True, True], [False, False], [False, False], [False, False]]
+    assert all(o.is_contiguous() for o in outs)
+    assert inputs[-1].data_ptr() == outs[0].data_ptr()
+    ref_outs = ref(x)
+    for a, b in zip(outs, ref_outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not outs[0].requires_grad  # the frozen stage's
+    g = [torch.randn_like(o) for o in outs[1:]]
+    torch.autograd.backward(outs[1:], g)
+    torch.autograd.backward(ref_outs[1:], g)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+        else:
+            assert p.grad is None and name.startswith(('stem', 'layer1')), name
 
 
 @pytest.mark.parametrize('stem', ['conv', 'attention'])

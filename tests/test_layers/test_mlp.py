@@ -48,6 +48,7 @@ def test_inference_path_matches_the_formula(shape, approximate, record_ops):
 
 
 @needs_mkldnn
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
 def test_which_path_runs(record_ops):
     """oneDNN only where nothing can see the difference: no gradient asked for, dropout off,
     float32, eager, no hooks; else the modules (whose gradients are checked against the
@@ -74,9 +75,28 @@ def test_which_path_runs(record_ops):
     assert not fused(hooked) and seen == [(2, 5, 96)]
     handle.remove()
     assert fused(hooked)
-    traced = torch.jit.trace(make().eval(), x)
-    graph = str(traced.inlined_graph)  # a trace (FLOP counting, export) sees the modules
+    for hook in ('register_forward_pre_hook', 'register_forward_hook'):
+        for name in ('fc1', 'act', 'fc2', 'drop'):
+            hooked = make().eval()
+            handle = getattr(getattr(hooked, name), hook)(lambda *args: None)
+            assert not fused(hooked), (hook, name)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert not fused(make().eval())  # a global hook
+    finally:
+        handle.remove()
+    assert fused(make().eval())
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not fused(make().eval())
+    frozen = make().eval().requires_grad_(False)
+    with torch.no_grad():  # a trace (FLOP counting, export) sees the modules, even in inference
+        traced = torch.jit.trace(frozen, x)
+    graph = str(traced.inlined_graph)
     assert 'aten::linear' in graph and 'aten::gelu' in graph and 'mkldnn' not in graph
+    with torch.no_grad():
+        for captured in (torch.fx.symbolic_trace(frozen), torch.jit.script(frozen)):
+            torch.testing.assert_close(captured(x).double(), formula(frozen, x), rtol=1e-5,
+                                       atol=1e-5)
 
     # the training path's values and gradients against the formula
     mlp = make().train()
@@ -88,3 +108,50 @@ def test_which_path_runs(record_ops):
     out.sum().backward()
     ref.sum().backward()
     torch.testing.assert_close(xg.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_mkldnn
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # quantize_dynamic's
+def test_what_the_modules_would_do_is_kept(record_ops):
+    """Cases where the fused path would silently differ from the modules: dropout switched on
+    inside an eval model (MC dropout), a Linear subclass or a quantised Linear, CPU autocast,
+    forward-mode AD; each takes the modules."""
+    x = torch.randn(4, 10, 24)
+    mlp = make(drop=0.5).eval()
+    mlp.drop.train()  # MC dropout
+    with torch.no_grad(), record_ops() as rec:
+        out = mlp(x)
+    assert FUSED not in rec.ops and (out == 0).any()
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, t):
+            return 2 * super().forward(t)
+
+    mlp = make().eval()
+    scaled = Scaled(96, 24)
+    scaled.load_state_dict(mlp.fc2.state_dict())
+    mlp.fc2 = scaled
+    with torch.no_grad(), record_ops() as rec:
+        out = mlp(x)
+    assert FUSED not in rec.ops
+    torch.testing.assert_close(out.double(), 2 * formula(make().eval(), x), rtol=1e-5, atol=1e-5)
+
+    quantised = torch.ao.quantization.quantize_dynamic(make().eval(), {torch.nn.Linear})
+    with torch.no_grad():  # runs (int8 weights: close to the formula on average)
+        assert (quantised(x).double() - formula(make(), x)).abs().mean() < 0.05
+
+    mlp = make().eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), record_ops() as rec:
+        out = mlp(x)
+    assert FUSED not in rec.ops and out.dtype == torch.bfloat16
+
+    frozen = make().eval().requires_grad_(False)
+    t = torch.randn_like(x)
+    _, tangent = torch.func.jvp(frozen, (x, ), (t, ))
+    _, expect = torch.func.jvp(lambda a: formula(frozen, a), (x.double(), ), (t.double(), ))
+    torch.testing.assert_close(tangent.double(), expect, rtol=1e-5, atol=1e-5)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual_out = frozen(fwAD.make_dual(x, t))
+        torch.testing.assert_close(fwAD.unpack_dual(dual_out).tangent.double(), expect,
+                                   rtol=1e-5, atol=1e-5)
