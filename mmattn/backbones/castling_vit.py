@@ -25,6 +25,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from mmattn.layers import LinearAngularAttention
+from mmattn.layers.blocks import fused_mlp
 
 from ._checks import lookup_arch
 
@@ -64,7 +65,9 @@ class PatchEmbed(nn.Module):
 
 
 class FFN(nn.Module):
-    """mmcv's two-layer FFN key layout: ``layers.0.0`` (Linear), GELU, ``layers.1`` (Linear)."""
+    """mmcv's two-layer FFN key layout: ``layers.0.0`` (Linear), GELU, ``layers.1`` (Linear).
+    CPU inference runs :func:`mmattn.layers.blocks.fused_mlp` where nothing can tell it from
+    the modules."""
 
     def __init__(self, embed_dims: int, feedforward_channels: int, drop: float = 0.) -> None:
         super().__init__()
@@ -74,6 +77,14 @@ class FFN(nn.Module):
             nn.Linear(feedforward_channels, embed_dims), nn.Dropout(drop))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TorchScript skips this block; a rebuilt self.layers runs as it is
+        if not torch.jit.is_scripting() and len(self.layers) == 3 and isinstance(
+                self.layers[0], nn.Sequential) and len(self.layers[0]) == 3:
+            first, fc2, drop2 = self.layers
+            fc1, act, drop1 = first
+            out = fused_mlp(x, fc1, act, fc2, (drop1, drop2), containers=(self.layers, first))
+            if out is not None:
+                return out
         return self.layers(x)
 
 

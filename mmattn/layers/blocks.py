@@ -1,5 +1,6 @@
-"""Pieces shared by the transformer blocks: timm's MLP and the token-block base class."""
-from typing import Tuple
+"""Pieces shared by the transformer blocks: timm's MLP (and its oneDNN inference path) and the
+token-block base class."""
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -8,19 +9,43 @@ import torch.utils.checkpoint as cp
 from mmattn.ops._ext import eager_cpu_inference
 
 
+def fused_mlp(x: torch.Tensor, fc1: nn.Module, act: nn.Module, fc2: nn.Module,
+              drops: Sequence[nn.Module],
+              containers: Sequence[nn.Module] = ()) -> Optional[torch.Tensor]:
+    """``fc2(act(fc1(x)))`` as oneDNN matmuls with GELU fused into ``fc1``'s output
+    (``torch.ops.mkldnn._linear_pointwise``, oneDNN's linear with a post-op) where nothing can
+    tell it from the modules, else ``None`` (the caller runs its modules).
+
+    It runs for CPU inference in float32: no gradient asked for (forward-mode AD included), no
+    autocast, no trace or export, ``torch.backends.mkldnn`` enabled, plain ``nn.Linear`` /
+    ``nn.GELU`` (either form) / ``nn.Dropout`` modules, every dropout inactive (also a dropout
+    switched to training inside an eval model: MC dropout), and no forward hooks on the modules,
+    on ``containers`` (the Sequentials that hold them) or global ones. On this project's 2-core
+    machine (2 threads, Swin-T's four MLP shapes at 224x224): fc1 + GELU 0.72-0.95x, fc2
+    0.70-0.94x of ATen's ``addmm`` and GELU, most at the 7x7 stage; the README has the figures.
+    The same values up to float32 rounding (a different summation order).
+    """
+    if type(fc1) is not nn.Linear or type(fc2) is not nn.Linear:
+        return None  # before reading .weight: a quantised Linear has a weight() method
+    # eager_cpu_inference first: it tests for a trace, under which x may be a proxy
+    if not (eager_cpu_inference(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+            and type(act) is nn.GELU and act.approximate in ('none', 'tanh')
+            and all(type(d) is nn.Dropout and (not d.training or d.p == 0) for d in drops)
+            and x.dtype == torch.float32 and fc1.weight.dtype == torch.float32
+            and fc2.weight.dtype == torch.float32 and _has_mkldnn_linear()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
+            and not _hooked(fc1, act, fc2, *drops, *containers)):
+        return None
+    linear = torch.ops.mkldnn._linear_pointwise
+    h = linear(x, fc1.weight, fc1.bias, 'gelu', [], act.approximate)
+    return linear(h, fc2.weight, fc2.bias, 'none', [], '')
+
+
 class Mlp(nn.Module):
     """``fc1 -> GELU -> Dropout -> fc2 -> Dropout`` (timm's ``Mlp``; official key names).
 
-    CPU inference in float32 (no gradient asked for, no autocast, dropout inactive, no trace or
-    export) runs both layers as oneDNN matmuls with GELU fused into the first one's output
-    (``torch.ops.mkldnn._linear_pointwise``, oneDNN's linear with a post-op) instead of ATen's
-    ``addmm`` and a separate GELU pass. On this project's 2-core machine (2 threads, Swin-T's
-    four MLP shapes at 224x224): fc1 + GELU 0.72-0.95x, fc2 0.70-0.94x of the eager time, most
-    at the 7x7 stage; the README has the figures. The same values up to float32 rounding (a
-    different summation order). Anything else takes the modules: other layer types (a
-    ``Linear`` subclass, a quantised ``Linear``, a replaced dropout), active dropout (also
-    ``drop.train()`` inside an eval model), ``torch.backends.mkldnn`` disabled, or forward hooks
-    on ``fc1``, ``act``, ``fc2`` or ``drop`` (or global ones).
+    CPU inference runs :func:`fused_mlp` (oneDNN matmuls, GELU fused into the first) where
+    nothing can tell it from the modules; anything else, hooks included, runs the modules.
     """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.) -> None:
@@ -30,25 +55,11 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def _fused_runs(self, x: torch.Tensor) -> bool:
-        fc1, fc2, act, drop = self.fc1, self.fc2, self.act, self.drop
-        if type(fc1) is not nn.Linear or type(fc2) is not nn.Linear:
-            return False  # before reading .weight: a quantised Linear has a weight() method
-        # eager_cpu_inference first: it tests for a trace, under which x may be a proxy
-        return (eager_cpu_inference(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
-                and type(act) is nn.GELU and type(drop) is nn.Dropout
-                and act.approximate in ('none', 'tanh') and (not drop.training or drop.p == 0)
-                and x.dtype == torch.float32 and fc1.weight.dtype == torch.float32
-                and fc2.weight.dtype == torch.float32 and _has_mkldnn_linear()
-                and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
-                and not _hooked(fc1, act, fc2, drop))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # its own test: TorchScript skips this block
-            if self._fused_runs(x):
-                linear = torch.ops.mkldnn._linear_pointwise
-                h = linear(x, self.fc1.weight, self.fc1.bias, 'gelu', [], self.act.approximate)
-                return linear(h, self.fc2.weight, self.fc2.bias, 'none', [], '')
+            out = fused_mlp(x, self.fc1, self.act, self.fc2, (self.drop, ))
+            if out is not None:
+                return out
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

@@ -1,7 +1,8 @@
-"""``mmattn.layers.Mlp`` (``layers/blocks.py``), the MLP of every transformer family: its CPU
-inference path (oneDNN's matmuls with GELU fused into fc1's, ``mkldnn::_linear_pointwise``)
-against the formula ``fc2(GELU(fc1(x)))`` written here with ``torch.nn.functional``, and which
-path each case takes (recorded dispatched ops)."""
+"""``mmattn.layers.Mlp`` (``layers/blocks.py``), the MLP of the transformer families, and
+Castling-ViT's mmcv-layout ``FFN``: their CPU inference path (``fused_mlp``: oneDNN's matmuls with
+GELU fused into fc1's, ``mkldnn::_linear_pointwise``) against the formula ``fc2(GELU(fc1(x)))``
+written here with ``torch.nn.functional``, and which path each case takes (recorded dispatched
+ops)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,3 +156,36 @@ def test_what_the_modules_would_do_is_kept(record_ops):
         dual_out = frozen(fwAD.make_dual(x, t))
         torch.testing.assert_close(fwAD.unpack_dual(dual_out).tangent.double(), expect,
                                    rtol=1e-5, atol=1e-5)
+
+
+@needs_mkldnn
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
+def test_castling_ffn_takes_the_same_path(record_ops):
+    """Castling-ViT's FFN (layers.0.0 Linear, GELU, Dropout; layers.1 Linear; Dropout): the fused
+    path in inference, the modules with a hook on a container, active dropout or gradients."""
+    from mmattn.backbones.castling_vit import FFN
+    torch.manual_seed(0)
+    ffn = FFN(24, 96, drop=0.1).eval()
+    mlp = make()
+    ffn.layers[0][0].load_state_dict(mlp.fc1.state_dict())
+    ffn.layers[1].load_state_dict(mlp.fc2.state_dict())
+    x = torch.randn(2, 7, 24)
+
+    def run(module, grad=False):
+        with torch.set_grad_enabled(grad), record_ops() as rec:
+            out = module(x)
+        return out, FUSED in rec.ops
+
+    out, fused = run(ffn)
+    assert fused
+    torch.testing.assert_close(out.double(), formula(mlp, x), rtol=1e-5, atol=1e-5)
+    assert not run(ffn, grad=True)[1]
+    handle = ffn.layers[0].register_forward_hook(lambda *args: None)
+    assert not run(ffn)[1]
+    handle.remove()
+    ffn.layers[2].train()  # the last dropout on, inside an eval model
+    assert not run(ffn)[1]
+    ffn.eval()
+    scripted = torch.jit.script(ffn)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), out)
