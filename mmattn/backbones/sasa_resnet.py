@@ -17,7 +17,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmattn.layers import SASAAttention, SASAStem
-from mmattn.ops import capturing_graph
+from mmattn.ops._ext import eager_cpu_inference
 
 from ._checks import check_stage_args
 
@@ -208,11 +208,11 @@ class SASAResNet(BaseModule):
         of the block is layout-agnostic: ``na2d`` reads the channel-contiguous q/k/v views
         and writes its output in their layout.
         """
-        if capturing_graph() or x.device.type != 'cpu':  # first: no shape checks under export
-            return torch.contiguous_format
+        # eager_cpu_inference first (capture, device, a graph through x): no shape checks under
+        # export; then the stage's own parameters, only where grad mode is on
         layer = getattr(self, self.layer_names[stage])
-        if torch.is_grad_enabled() and (x.requires_grad
-                                        or any(p.requires_grad for p in layer.parameters())):
+        if not eager_cpu_inference(x) or (torch.is_grad_enabled() and any(
+                p.requires_grad for p in layer.parameters())):
             return torch.contiguous_format
         stride = 1 if stage == 0 else 2
         pixels = -(-x.shape[-2] // stride) * -(-x.shape[-1] // stride)

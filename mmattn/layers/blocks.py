@@ -1,10 +1,12 @@
 """Pieces shared by the transformer blocks: timm's MLP (and its oneDNN inference path) and the
 token-block base class."""
+import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
+from torch.nn.modules import module as nn_module
 
 from mmattn.ops._ext import eager_cpu_inference
 
@@ -65,21 +67,16 @@ class Mlp(nn.Module):
 
 def _hooked(*modules: nn.Module) -> bool:
     """Whether a forward hook (the modules' own, or a global one) would see these modules."""
-    from torch.nn.modules import module as nn_module
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
-_MKLDNN_LINEAR = []
-
-
+@functools.lru_cache(maxsize=None)
 def _has_mkldnn_linear() -> bool:
     """Whether this torch has oneDNN and its fused linear op (checked once)."""
-    if not _MKLDNN_LINEAR:
-        _MKLDNN_LINEAR.append(torch.backends.mkldnn.is_available()
-                              and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
-    return _MKLDNN_LINEAR[0]
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
 
 
 class TokenBlock(nn.Module):

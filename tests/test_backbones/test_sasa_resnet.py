@@ -166,7 +166,7 @@ def test_stage_layouts_follow_map_size_and_autograd():
     with torch.no_grad():
         model.channels_last_min_pixels = 1
         assert layouts(224) == [True] * 4
-        with mock.patch('mmattn.backbones.sasa_resnet.capturing_graph', return_value=True):
+        with mock.patch('mmattn.ops._ext.capturing_graph', return_value=True):
             assert layouts(224) == [False] * 4
         assert layouts(224, device='meta') == [False] * 4  # not the CPU
 
